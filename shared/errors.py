@@ -10,6 +10,8 @@ Tree::
     FedgeError
     ├── ConfigError                 bad settings, bad profile, bad CLI arguments
     │   └── ProfileError            a device profile fails validation
+    ├── ProtocolError               a wire message that is malformed, unknown or too large
+    ├── OutboxError                 the durable outbox cannot store or read a message
     ├── DatasetError                a data file or data set that cannot be used
     ├── ModelSpecError              a model factory or model spec that cannot be built
     ├── TrainingError               training could not produce a usable model
@@ -18,28 +20,62 @@ Tree::
     │   ├── NotFoundError           unknown model, version or artifact
     │   ├── ArtifactStoreError      blob missing or corrupt in the content-addressed store
     │   └── NotDeployableError      an artifact is rejected and may never be deployed
-    └── InferenceError              a model cannot serve a request
-        ├── ModelLoadError          a model file fails to load or fails its smoke test
-        └── RequestError            a request has the wrong shape, dtype or size
+    ├── InferenceError              a model cannot serve a request
+    │   ├── ModelLoadError          a model file fails to load or fails its smoke test
+    │   └── RequestError            a request has the wrong shape, dtype or size
+    └── SecurityError               a security check refused its input; nothing was installed
+        ├── CryptoError             decrypt/unwrap/key parse failed (deliberately vague)
+        ├── BadSignatureError       signature does not verify: tampered manifest/command
+        ├── UntrustedKeyError       signing key not certified by the pinned root (or expired cert)
+        │   ├── UnknownKeyError     no certificate at all for the signing key id
+        │   └── RevokedKeyError     the key is on the root-signed revocation list
+        ├── ExpiredMetadataError    signed metadata past its expiry (freeze attack)
+        │   └── ExpiredManifestError  a manifest past its expiry
+        ├── WrongHardwareError      manifest not built for this hardware id
+        ├── WrongRecipientError     content key/command addressed to another device
+        ├── RollbackAttackError     version below the persisted floor
+        │   └── ReplayAttackError   version equal to the floor / command sequence reused
+        ├── HashMismatchError       chunk or artifact sha256 differs from the signed one
+        ├── LengthMismatchError     artifact truncated or oversized (endless data)
+        └── MalformedArtifactError  signed payload that cannot be decoded
+            └── DeltaBaseError      the delta base is not the artifact this device holds
 """
 
 from __future__ import annotations
 
 __all__ = [
     "ArtifactStoreError",
+    "BadSignatureError",
     "ConfigError",
+    "CryptoError",
     "DatasetError",
+    "DeltaBaseError",
+    "ExpiredManifestError",
+    "ExpiredMetadataError",
     "FedgeError",
+    "HashMismatchError",
     "InferenceError",
+    "LengthMismatchError",
+    "MalformedArtifactError",
     "ModelLoadError",
     "ModelSpecError",
     "NotDeployableError",
     "NotFoundError",
+    "OutboxError",
     "ProfileError",
+    "ProtocolError",
     "QuantizationError",
     "RegistryError",
+    "ReplayAttackError",
     "RequestError",
+    "RevokedKeyError",
+    "RollbackAttackError",
+    "SecurityError",
     "TrainingError",
+    "UnknownKeyError",
+    "UntrustedKeyError",
+    "WrongHardwareError",
+    "WrongRecipientError",
 ]
 
 
@@ -73,6 +109,22 @@ class ProfileError(ConfigError):
     """A device profile that fails validation; the message names the field."""
 
     code = "invalid_profile"
+
+
+class ProtocolError(FedgeError):
+    """Bytes that are not a valid wire message (garbage, unknown kind, over the size limit).
+
+    Raised by the codec instead of any parser error, so an MQTT callback can catch one
+    class, count the rejection and keep running.
+    """
+
+    code = "bad_message"
+
+
+class OutboxError(FedgeError):
+    """The durable outbox cannot store or read a message (corrupt or unwritable database)."""
+
+    code = "outbox_error"
 
 
 class DatasetError(FedgeError):
@@ -139,3 +191,107 @@ class RequestError(InferenceError):
     """An inference request with the wrong shape, dtype or size."""
 
     code = "bad_request"
+
+
+# --- security: one class per attack, modelled on python-tuf's exceptions ----------------
+
+
+class SecurityError(FedgeError):
+    """A security check refused its input; the caller must not install or act on it."""
+
+    code = "security_error"
+
+
+class CryptoError(SecurityError):
+    """Decryption, unwrapping or key parsing failed.
+
+    Deliberately vague (wrong key, tampered ciphertext and wrong associated data all look
+    the same) so an attacker learns nothing from the error; callers that know the context
+    re-raise a specific class ``from`` it.
+    """
+
+    code = "crypto_error"
+
+
+class BadSignatureError(SecurityError):
+    """A signature does not verify over the signed bytes (tampered manifest or command)."""
+
+    code = "bad_signature"
+
+
+class UntrustedKeyError(SecurityError):
+    """The signing key is not certified by the pinned root for this role, or its cert expired."""
+
+    code = "untrusted_key"
+
+
+class UnknownKeyError(UntrustedKeyError):
+    """No certificate is known for the signing key id: an unknown key signed it."""
+
+    code = "unknown_key"
+
+
+class RevokedKeyError(UntrustedKeyError):
+    """The signing key is on the root-signed revocation list."""
+
+    code = "revoked_key"
+
+
+class ExpiredMetadataError(SecurityError):
+    """Signed metadata past its expiry time (stops freeze attacks)."""
+
+    code = "expired"
+
+
+class ExpiredManifestError(ExpiredMetadataError):
+    """A manifest past its expiry time."""
+
+    code = "expired_manifest"
+
+
+class WrongHardwareError(SecurityError):
+    """The manifest does not list this device's hardware id."""
+
+    code = "wrong_hardware"
+
+
+class WrongRecipientError(SecurityError):
+    """A content key or command meant for another device (or no key for this one)."""
+
+    code = "wrong_recipient"
+
+
+class RollbackAttackError(SecurityError):
+    """A version below the persisted high-water mark (rollback attack)."""
+
+    code = "rollback"
+
+
+class ReplayAttackError(RollbackAttackError):
+    """A version equal to the high-water mark, or a reused command sequence (replay)."""
+
+    code = "replay"
+
+
+class HashMismatchError(SecurityError):
+    """A chunk or the whole artifact does not hash to the signed sha256."""
+
+    code = "hash_mismatch"
+
+
+class LengthMismatchError(SecurityError):
+    """An artifact or chunk that is truncated or longer than signed (endless-data attack)."""
+
+    code = "length_mismatch"
+
+
+class MalformedArtifactError(SecurityError):
+    """A signed, hash-verified payload that still cannot be decrypted or decompressed."""
+
+    code = "malformed_artifact"
+
+
+class DeltaBaseError(MalformedArtifactError):
+    """A delta whose base is not the artifact this device holds; ask for the full artifact."""
+
+    code = "delta_base_mismatch"

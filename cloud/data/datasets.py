@@ -121,9 +121,10 @@ def load_npz(path: Path) -> Dataset:
     if not path.is_file():
         raise DatasetError(f"{path}: not a file")
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            if not isinstance(archive, np.lib.npyio.NpzFile):
-                raise DatasetError(f"{path}: not an .npz archive (a single .npy array?)")
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise DatasetError(f"{path}: not an .npz archive (a single .npy array?)")
+        with archive:
             missing = [k for k in ("x", "y") if k not in archive.files]
             if missing:
                 raise DatasetError(
@@ -147,9 +148,7 @@ def load_npz(path: Path) -> Dataset:
     if x.shape[0] == 0:
         raise DatasetError(f"{path}: 'x' is empty")
     if x.shape[0] != y.shape[0]:
-        raise DatasetError(
-            f"{path}: 'x' has {x.shape[0]} samples but 'y' has {y.shape[0]} labels"
-        )
+        raise DatasetError(f"{path}: 'x' has {x.shape[0]} samples but 'y' has {y.shape[0]} labels")
     if x.ndim == 2:
         kind: DataKind = "features"
         data = x.astype(np.float32)
@@ -160,9 +159,7 @@ def load_npz(path: Path) -> Dataset:
         kind = "image"
         data = np.transpose(x.astype(np.float32), (0, 3, 1, 2))  # NHWC -> NCHW
     else:
-        raise DatasetError(
-            f"{path}: 'x' must be (N,F), (N,H,W) or (N,H,W,C); got shape {x.shape}"
-        )
+        raise DatasetError(f"{path}: 'x' must be (N,F), (N,H,W) or (N,H,W,C); got shape {x.shape}")
     if not np.isfinite(data).all():
         bad = int((~np.isfinite(data)).sum())
         raise DatasetError(f"{path}: 'x' contains {bad} NaN or infinite value(s)")

@@ -131,7 +131,9 @@ def _build_from_factory(spec: ModelSpec) -> nn.Module:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ModelSpecError(f"cannot import {module_name!r} for --model {spec.arch}: {exc}") from exc
+        raise ModelSpecError(
+            f"cannot import {module_name!r} for --model {spec.arch}: {exc}"
+        ) from exc
     factory = getattr(module, func_name, None)
     if not callable(factory):
         raise ModelSpecError(f"{module_name!r} has no callable {func_name!r}")

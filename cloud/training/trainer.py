@@ -61,7 +61,10 @@ def _batches(
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     order = rng.permutation(len(x)) if rng is not None else np.arange(len(x))
     return [
-        (torch.from_numpy(x[order[i : i + batch_size]]), torch.from_numpy(y[order[i : i + batch_size]]))
+        (
+            torch.from_numpy(x[order[i : i + batch_size]]),
+            torch.from_numpy(y[order[i : i + batch_size]]),
+        )
         for i in range(0, len(x), batch_size)
     ]
 

@@ -1,0 +1,243 @@
+"""``fedge cloud …`` and ``fedge models …``: train, quantize, inspect the registry.
+
+Heavy imports (torch, litert-torch) happen inside commands, so ``fedge --help`` is instant
+and an edge-only install can still run ``fedge edge …``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cloud.config import Settings
+from shared.errors import FedgeError
+
+log = logging.getLogger(__name__)
+err_console = Console(stderr=True)
+out_console = Console()
+
+cloud_app = typer.Typer(
+    help="Coordinator: train, quantize and federate models.", no_args_is_help=True
+)
+models_app = typer.Typer(help="Inspect the model registry.", no_args_is_help=True)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+T = TypeVar("T")
+
+
+@contextmanager
+def cli_errors() -> Iterator[None]:
+    """Turn fedge errors into a one-line message and exit code 2; Ctrl-C into exit 130."""
+    try:
+        yield
+    except FedgeError as exc:
+        # Plain text, never wrapped: scripts grep for it.
+        typer.echo(f"error ({exc.code}): {exc.message}", err=True)
+        raise typer.Exit(2) from exc
+    except KeyboardInterrupt:
+        err_console.print("interrupted; nothing was saved by the interrupted step")
+        raise typer.Exit(130) from None
+
+
+def open_registry(settings: Settings | None = None) -> Any:
+    """Open the registry of the current settings (imported lazily: it pulls SQLAlchemy)."""
+    from cloud.registry import Registry
+
+    return Registry.from_settings(settings or Settings())
+
+
+def emit_json(payload: Any) -> None:
+    """Print a JSON document on stdout (the only thing on stdout in ``--json`` mode)."""
+    sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def _with_registry(fn: Callable[[Any], T]) -> T:
+    registry = open_registry()
+    try:
+        return fn(registry)
+    finally:
+        registry.close()
+
+
+@cloud_app.command("train")
+def train_cmd(
+    data: Annotated[str, typer.Option(help="mnist-5k, digits, or PATH.npz with arrays x, y.")],
+    model: Annotated[
+        str | None, typer.Option(help="cnn, mlp, or module:function returning an nn.Module.")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Registry model name (default ARCH-DATA).")
+    ] = None,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 12,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (one-cycle).")] = 2e-3,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed for the split and the weights.")] = 0,
+    json_out: JsonFlag = False,
+) -> None:
+    """Train a model on a data set and store it in the registry as a new version."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from cloud.training import TrainConfig
+    from cloud.training.workflow import TrainRequest, train_and_register
+
+    config = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=lr,
+        device=device,
+        seed=seed,  # type: ignore[arg-type]
+    )
+    with (
+        cli_errors(),
+        Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} epochs"),
+            TextColumn("loss {task.fields[loss]}"),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=json_out,
+        ) as progress,
+    ):
+        task = progress.add_task("train", total=epochs, loss="-")
+
+        def on_epoch(epoch: int, total: int, loss: float) -> None:
+            progress.update(task, completed=epoch, loss=f"{loss:.4f}")
+
+        request = TrainRequest(data=data, arch=model, model_name=name, config=config)
+        version = _with_registry(lambda reg: train_and_register(reg, request, on_epoch=on_epoch))
+    m = version.metrics
+    if json_out:
+        emit_json({"model": version.model, "version": version.ref, **m})
+        return
+    out_console.print(
+        f"registered [bold]{version.ref}[/]: test accuracy {m['test_accuracy']:.2%}, "
+        f"train accuracy {m['train_accuracy']:.2%}, {m['seconds']:.1f}s on {m['device']}"
+    )
+
+
+@cloud_app.command("quantize")
+def quantize_cmd(
+    version: Annotated[str, typer.Argument(help="MODEL@N, or MODEL for its latest version.")],
+    max_drop: Annotated[
+        float | None,
+        typer.Option(help="Accuracy budget in points (default 1.0 or FEDGE_MAX_ACCURACY_DROP)."),
+    ] = None,
+    calibration_samples: Annotated[int, typer.Option(min=1)] = 256,
+    json_out: JsonFlag = False,
+) -> None:
+    """Convert to TFLite, quantize (int8 → dynamic-int8 → fp16 → fp32) and verify in LiteRT."""
+    from cloud.quantization import quantize_version
+
+    settings = Settings()
+    budget = settings.max_accuracy_drop if max_drop is None else max_drop
+    with cli_errors(), err_console.status("quantizing") as status:
+        report = _with_registry(
+            lambda reg: quantize_version(
+                reg,
+                version,
+                max_drop=budget,
+                calibration_samples=calibration_samples,
+                on_step=lambda msg: status.update(msg),
+            )
+        )
+    if json_out:
+        emit_json(report.to_dict())
+        return
+    table = Table(
+        title=f"{report.version}: float accuracy {report.float_accuracy:.2%}, "
+        f"budget {report.max_drop:.2f} points"
+    )
+    for col in ("precision", "status", "accuracy", "bytes", "median ms", "reason"):
+        table.add_column(col)
+    for art in report.artifacts:
+        met = art["metrics"]
+        table.add_row(
+            art["precision"],
+            art["status"],
+            f"{met['accuracy']:.2%}",
+            f"{art['bytes']:,}",
+            f"{met['latency_median_ms']:.3f}",
+            art["reason"] or "",
+        )
+    for att in report.attempts:
+        if att.outcome == "failed":
+            table.add_row(att.precision, "failed", "", "", "", att.reason or "")
+    out_console.print(table)
+    out_console.print(f"deployable: [bold]{report.selected or 'none'}[/]")
+
+
+@models_app.command("list")
+def models_list(
+    model: Annotated[str | None, typer.Option(help="Only versions of this model.")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """List model versions with their accuracy and artifacts."""
+    with cli_errors():
+        versions = _with_registry(lambda reg: reg.list_versions(model))
+    if json_out:
+        emit_json([v.to_dict() for v in versions])
+        return
+    table = Table(title="model versions")
+    for col in ("version", "source", "parent", "test accuracy", "artifacts", "created"):
+        table.add_column(col)
+    for v in versions:
+        acc = v.metrics.get("test_accuracy")
+        arts = ", ".join(f"{a.precision}:{a.status}" for a in v.artifacts if a.format == "tflite")
+        table.add_row(
+            v.ref,
+            v.source,
+            v.parent or "",
+            f"{acc:.2%}" if acc is not None else "",
+            arts or "not quantized",
+            v.created_at.strftime("%Y-%m-%d %H:%M"),
+        )
+    out_console.print(table)
+
+
+@models_app.command("show")
+def models_show(
+    version: Annotated[str, typer.Argument(help="MODEL@N, or MODEL for its latest version.")],
+    json_out: JsonFlag = False,
+) -> None:
+    """Show one version: lineage, data, metrics and artifacts."""
+    with cli_errors():
+        info = _with_registry(lambda reg: reg.get_version(version))
+    if json_out:
+        emit_json(info.to_dict())
+        return
+    out_console.print(
+        f"[bold]{info.ref}[/]  source={info.source}  parent={info.parent or '-'}"
+        f"  created={info.created_at:%Y-%m-%d %H:%M:%S}"
+    )
+    out_console.print(f"spec: {info.spec}")
+    out_console.print(
+        f"data: {info.data.get('source')} ({info.data.get('samples')} samples, "
+        f"seed {info.data.get('seed')})"
+    )
+    shown = {k: v for k, v in info.metrics.items() if k != "quantization"}
+    out_console.print(f"metrics: {shown}")
+    table = Table(title="artifacts")
+    for col in ("format", "precision", "status", "accuracy", "bytes", "sha256", "reason"):
+        table.add_column(col)
+    for a in info.artifacts:
+        acc = a.metrics.get("accuracy")
+        table.add_row(
+            a.format,
+            a.precision,
+            a.status,
+            f"{acc:.2%}" if acc is not None else "",
+            f"{a.bytes:,}",
+            a.sha256[:16],
+            a.reason or "",
+        )
+    out_console.print(table)

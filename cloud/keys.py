@@ -1,0 +1,389 @@
+"""The coordinator's key home: root, release and coordinator keys, TLS material, devices.
+
+Layout under ``$FEDGE_HOME/keys`` (private files 0600)::
+
+    root/root.key            offline root signing key (move it offline after ``init``)
+    root/root.pub            root public key: pinned on every device
+    release/<kid16>.key      release signing keys; release/current.json names the active one
+    release/<kid16>.cert     root-signed certificate of each release key
+    coordinator/signing.key  + signing.cert   signs commands (role ``coordinator``)
+    coordinator/box.key      + box.pub         X25519: devices seal updates to it
+    coordinator/broker.*     MQTT password and TLS client certificate of the coordinator
+    revocations.json         newest root-signed revocation list
+    tls/ca.{crt,key}         project CA; tls/broker.{crt,key} broker server certificate
+    fleet.json               enrolled devices: public keys, groups, broker password hashes
+    devices/<id>/            enrollment bundle to copy onto the device (edge.keystore)
+
+Nothing here logs key material; summaries return key ids and paths only.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from cloud.keyfiles import read_json, write_json, write_private, write_public
+from shared.artifacts.manifest import ID_PATTERN, b64encode
+from shared.artifacts.trust import (
+    Envelope,
+    RevocationList,
+    Role,
+    TrustStore,
+    certify_key,
+    sign_revocations,
+)
+from shared.crypto import PrivateKey, SigningKey, VerifyKey
+from shared.crypto.tls import TlsIdentity, issue_client_cert, issue_server_cert, make_ca
+from shared.errors import ConfigError, NotFoundError
+
+__all__ = ["COORDINATOR_USER", "DeviceRecord", "KeyHome", "hash_password"]
+
+log = logging.getLogger(__name__)
+
+COORDINATOR_USER = "fedge-coordinator"
+DEFAULT_HOSTS = ("127.0.0.1", "localhost")
+
+
+def hash_password(password: str, *, iterations: int = 1000) -> str:
+    """Mosquitto 2 ``$7$`` password hash (PBKDF2-HMAC-SHA512, 12-byte salt).
+
+    Computed here rather than by ``mosquitto_passwd`` so no plaintext password ever
+    lands in a file the broker reads, and the config can be written without the binary.
+    """
+    salt = secrets.token_bytes(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
+    return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+class DeviceRecord(BaseModel):
+    """An enrolled device as the coordinator knows it (no private material)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    device_id: str
+    hardware_id: str
+    groups: list[str]
+    box_public: str  # base64 raw X25519 public key: content keys are sealed to it
+    signing_public: str  # base64 raw Ed25519 public key
+    password_hash: str
+    enrolled_at: int
+    revoked: bool = False
+
+
+def _epoch(now: datetime) -> int:
+    return int(now.timestamp())
+
+
+def _check_id(value: str, what: str) -> str:
+    if not re.match(ID_PATTERN, value):
+        raise ConfigError(f"invalid {what} {value!r}: use [A-Za-z0-9_.-], at most 64 chars")
+    return value
+
+
+@dataclass(frozen=True)
+class KeyHome:
+    """A key home directory and the operations on it."""
+
+    path: Path
+
+    # -- paths -----------------------------------------------------------------------------
+    @property
+    def root_key_path(self) -> Path:
+        """The root private key (offline)."""
+        return self.path / "root" / "root.key"
+
+    @property
+    def root_pub_path(self) -> Path:
+        """The root public key (pinned on devices)."""
+        return self.path / "root" / "root.pub"
+
+    @property
+    def tls_dir(self) -> Path:
+        """CA and broker TLS material."""
+        return self.path / "tls"
+
+    @property
+    def fleet_path(self) -> Path:
+        """Registry of enrolled devices."""
+        return self.path / "fleet.json"
+
+    @property
+    def revocations_path(self) -> Path:
+        """Newest root-signed revocation list."""
+        return self.path / "revocations.json"
+
+    def device_dir(self, device_id: str) -> Path:
+        """Enrollment bundle of ``device_id``."""
+        return self.path / "devices" / _check_id(device_id, "device id")
+
+    def exists(self) -> bool:
+        """Whether ``init`` has run."""
+        return self.root_pub_path.exists()
+
+    def _require(self) -> None:
+        if not self.exists():
+            raise ConfigError(f"no key home at {self.path}; run `fedge keys init` first")
+
+    # -- loading ---------------------------------------------------------------------------
+    def root_public(self) -> VerifyKey:
+        """The root public key."""
+        self._require()
+        return VerifyKey.from_pem(self.root_pub_path.read_bytes())
+
+    def load_root(self, passphrase: bytes | None = None, path: Path | None = None) -> SigningKey:
+        """Load the root private key (from ``path`` when it was moved offline)."""
+        key_path = path or self.root_key_path
+        if not key_path.exists():
+            raise ConfigError(f"root key not found at {key_path} (offline? pass --root-key)")
+        key = SigningKey.from_pem(key_path.read_bytes(), passphrase)
+        if key.verify_key != self.root_public():
+            raise ConfigError("that root key does not match the pinned root public key")
+        return key
+
+    def revocations(self) -> Envelope | None:
+        """The newest revocation list, if any."""
+        if not self.revocations_path.exists():
+            return None
+        return Envelope.model_validate(read_json(self.revocations_path))
+
+    def trust_store(self) -> TrustStore:
+        """The trust store a freshly enrolled device starts from."""
+        trust = TrustStore(self.root_public())
+        revs = self.revocations()
+        return trust if revs is None else trust.with_revocations(revs)
+
+    def _signer(self, key_path: Path, cert_path: Path) -> tuple[SigningKey, Envelope]:
+        return (
+            SigningKey.from_pem(key_path.read_bytes()),
+            Envelope.model_validate(read_json(cert_path)),
+        )
+
+    def release_signer(self) -> tuple[SigningKey, Envelope]:
+        """The active release key and its root-signed certificate."""
+        self._require()
+        kid = read_json(self.path / "release" / "current.json")["key_id"][:16]
+        return self._signer(
+            self.path / "release" / f"{kid}.key", self.path / "release" / f"{kid}.cert"
+        )
+
+    def coordinator_signer(self) -> tuple[SigningKey, Envelope]:
+        """The coordinator's command-signing key and its certificate."""
+        self._require()
+        d = self.path / "coordinator"
+        return self._signer(d / "signing.key", d / "signing.cert")
+
+    def coordinator_box(self) -> PrivateKey:
+        """The coordinator's X25519 key (devices seal updates to its public half)."""
+        return PrivateKey.from_pem((self.path / "coordinator" / "box.key").read_bytes())
+
+    def fleet(self) -> dict[str, DeviceRecord]:
+        """Enrolled devices by id."""
+        if not self.fleet_path.exists():
+            return {}
+        raw = read_json(self.fleet_path)
+        return {k: DeviceRecord.model_validate(v) for k, v in raw.items()}
+
+    def _save_fleet(self, fleet: dict[str, DeviceRecord]) -> None:
+        # 0600: password hashes are still worth an offline guessing attack.
+        write_json(self.fleet_path, {k: v.model_dump() for k, v in fleet.items()}, private=True)
+
+    def ca(self) -> TlsIdentity:
+        """The project CA (certificate and key)."""
+        return TlsIdentity(
+            (self.tls_dir / "ca.crt").read_bytes(), (self.tls_dir / "ca.key").read_bytes()
+        )
+
+    # -- operations ------------------------------------------------------------------------
+    def _new_release(self, root: SigningKey, now: datetime, days: int) -> str:
+        key = SigningKey.generate()
+        kid = key.verify_key.key_id
+        cert = certify_key(
+            root,
+            key.verify_key,
+            Role.RELEASE,
+            issued_at=_epoch(now),
+            expires=_epoch(now + timedelta(days=days)),
+        )
+        d = self.path / "release"
+        write_private(d / f"{kid[:16]}.key", key.to_pem())
+        write_json(d / f"{kid[:16]}.cert", cert.model_dump(mode="json", exclude_none=True))
+        write_json(d / "current.json", {"key_id": kid})
+        return kid
+
+    def init(
+        self,
+        *,
+        now: datetime | None = None,
+        hosts: tuple[str, ...] = DEFAULT_HOSTS,
+        root_passphrase: bytes | None = None,
+        release_days: int = 365,
+    ) -> dict[str, Any]:
+        """Create every key and certificate of a new fleet. Refuses to overwrite."""
+        if self.exists():
+            raise ConfigError(f"key home {self.path} already initialised; refusing to overwrite")
+        now = now or datetime.now(UTC)
+        root = SigningKey.generate()
+        write_private(self.root_key_path, root.to_pem(root_passphrase))
+        write_public(self.root_pub_path, root.verify_key.to_pem())
+        release_kid = self._new_release(root, now, release_days)
+
+        coord = SigningKey.generate()
+        cert = certify_key(
+            root,
+            coord.verify_key,
+            Role.COORDINATOR,
+            issued_at=_epoch(now),
+            expires=_epoch(now + timedelta(days=release_days)),
+        )
+        cdir = self.path / "coordinator"
+        write_private(cdir / "signing.key", coord.to_pem())
+        write_json(cdir / "signing.cert", cert.model_dump(mode="json", exclude_none=True))
+        box = PrivateKey.generate()
+        write_private(cdir / "box.key", box.to_pem())
+        write_public(cdir / "box.pub", box.public_key.to_bytes())
+
+        revs = sign_revocations(root, RevocationList(version=1, issued_at=_epoch(now)))
+        write_json(self.revocations_path, revs.model_dump(mode="json", exclude_none=True))
+
+        ca = make_ca("fedge project CA", now=now)
+        write_public(self.tls_dir / "ca.crt", ca.cert_pem)
+        write_private(self.tls_dir / "ca.key", ca.key_pem)
+        server = issue_server_cert(ca, list(hosts), now=now)
+        write_public(self.tls_dir / "broker.crt", server.cert_pem)
+        write_private(self.tls_dir / "broker.key", server.key_pem)
+        client = issue_client_cert(ca, COORDINATOR_USER, now=now)
+        write_public(cdir / "broker.crt", client.cert_pem)
+        write_private(cdir / "broker.key", client.key_pem)
+        password = secrets.token_urlsafe(24)
+        write_private(cdir / "broker.password", password.encode())
+        write_json(cdir / "broker.json", {"username": COORDINATOR_USER})
+        write_private(cdir / "broker.hash", hash_password(password).encode())
+        log.info("initialised key home %s (release key %s)", self.path, release_kid[:16])
+        return {
+            "key_home": str(self.path),
+            "root_key_id": root.verify_key.key_id,
+            "release_key_id": release_kid,
+            "coordinator_key_id": coord.verify_key.key_id,
+            "ca": str(self.tls_dir / "ca.crt"),
+            "broker_hosts": list(hosts),
+        }
+
+    def rotate_release(
+        self,
+        *,
+        now: datetime | None = None,
+        root_passphrase: bytes | None = None,
+        root_key: Path | None = None,
+        revoke_old: bool = False,
+        days: int = 365,
+    ) -> dict[str, Any]:
+        """Issue a new root-certified release key and make it current."""
+        self._require()
+        now = now or datetime.now(UTC)
+        root = self.load_root(root_passphrase, root_key)
+        old = read_json(self.path / "release" / "current.json")["key_id"]
+        new = self._new_release(root, now, days)
+        result: dict[str, Any] = {"old_release_key_id": old, "release_key_id": new}
+        if revoke_old:
+            result |= self._revoke(root, old, now)
+        return result
+
+    def _revoke(self, root: SigningKey, key_id: str, now: datetime) -> dict[str, Any]:
+        current = self.trust_store().revocations
+        version = (current.version if current else 0) + 1
+        ids = tuple(sorted({*(current.revoked_key_ids if current else ()), key_id}))
+        revs = sign_revocations(
+            root, RevocationList(version=version, issued_at=_epoch(now), revoked_key_ids=ids)
+        )
+        write_json(self.revocations_path, revs.model_dump(mode="json", exclude_none=True))
+        return {"revoked_key_id": key_id, "revocations_version": version}
+
+    def revoke_key(
+        self,
+        key_id: str,
+        *,
+        now: datetime | None = None,
+        root_passphrase: bytes | None = None,
+        root_key: Path | None = None,
+    ) -> dict[str, Any]:
+        """Add ``key_id`` (a release or coordinator key) to the root-signed revocation list."""
+        self._require()
+        if len(key_id) != 64 or any(c not in "0123456789abcdef" for c in key_id):
+            raise ConfigError("key id must be 64 lowercase hex digits")
+        current = read_json(self.path / "release" / "current.json")["key_id"]
+        if key_id == current:
+            raise ConfigError("that is the current release key: rotate-release first")
+        root = self.load_root(root_passphrase, root_key)
+        return self._revoke(root, key_id, now or datetime.now(UTC))
+
+    def enroll_device(
+        self,
+        device_id: str,
+        *,
+        hardware_id: str,
+        groups: list[str] | None = None,
+        now: datetime | None = None,
+    ) -> dict[str, Any]:
+        """Create a device's keys and broker credentials and write its bundle."""
+        self._require()
+        _check_id(device_id, "device id")
+        _check_id(hardware_id, "hardware id")
+        groups = sorted({_check_id(g, "group") for g in groups or []})
+        fleet = self.fleet()
+        if device_id in fleet:
+            raise ConfigError(f"device {device_id} is already enrolled")
+        now = now or datetime.now(UTC)
+        signing, box = SigningKey.generate(), PrivateKey.generate()
+        password = secrets.token_urlsafe(24)
+        client = issue_client_cert(self.ca(), device_id, now=now)
+        d = self.device_dir(device_id)
+        write_json(
+            d / "device.json",
+            {
+                "device_id": device_id,
+                "hardware_id": hardware_id,
+                "groups": groups,
+                "broker_username": device_id,
+            },
+        )
+        write_public(d / "root.pub", self.root_pub_path.read_bytes())  # the pin
+        write_private(d / "signing.key", signing.to_pem())
+        write_private(d / "box.key", box.to_pem())
+        write_public(d / "ca.crt", (self.tls_dir / "ca.crt").read_bytes())
+        write_public(d / "client.crt", client.cert_pem)
+        write_private(d / "client.key", client.key_pem)
+        write_private(d / "broker.password", password.encode())
+        write_public(d / "coordinator.pub", (self.path / "coordinator" / "box.pub").read_bytes())
+        revs = self.revocations()
+        if revs is not None:
+            write_json(d / "revocations.json", revs.model_dump(mode="json", exclude_none=True))
+        fleet[device_id] = DeviceRecord(
+            device_id=device_id,
+            hardware_id=hardware_id,
+            groups=groups,
+            box_public=b64encode(box.public_key.to_bytes()),
+            signing_public=b64encode(signing.verify_key.to_bytes()),
+            password_hash=hash_password(password),
+            enrolled_at=_epoch(now),
+        )
+        self._save_fleet(fleet)
+        log.info("enrolled device %s", device_id)
+        return {"device_id": device_id, "bundle": str(d), "groups": groups}
+
+    def revoke_device(self, device_id: str) -> dict[str, Any]:
+        """Mark ``device_id`` revoked: the next broker config refuses it."""
+        fleet = self.fleet()
+        if device_id not in fleet:
+            raise NotFoundError(f"device {device_id} is not enrolled")
+        fleet[device_id].revoked = True
+        self._save_fleet(fleet)
+        return {"device_id": device_id, "revoked": True}

@@ -1,0 +1,155 @@
+"""Quantize a registry version: fp32 reference, then int8 → dynamic-int8 → fp16 → fp32.
+
+Every artifact is evaluated in LiteRT on the version's held-out split. An artifact whose
+accuracy drop against the float torch model exceeds the budget is stored as ``rejected`` —
+kept for the record, never deployable. The chain stops at the first approved precision;
+the reasons earlier steps failed or were rejected are kept in the version's metrics.
+All artifacts of one run are committed together, or none.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from cloud.data import split_from_record
+from cloud.quantization.convert import (
+    FALLBACK_CHAIN,
+    Precision,
+    export_float_tflite,
+    quantize_tflite,
+)
+from cloud.quantization.litert_eval import evaluate_tflite
+from cloud.quantization.quiet import native_output_captured
+from cloud.registry import ArtifactStatus, Registry
+from cloud.registry.registry import NewArtifact
+from cloud.training import ModelSpec, evaluate_torch
+from cloud.training.serialize import model_from_bytes
+from shared.errors import QuantizationError, RegistryError
+
+log = logging.getLogger(__name__)
+
+#: Called with a short description of the step being started.
+StepCallback = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One step of the fallback chain."""
+
+    precision: str
+    outcome: Literal["approved", "rejected", "failed"]
+    reason: str | None = None
+    accuracy: float | None = None
+
+
+@dataclass
+class QuantizationReport:
+    """Result of :func:`quantize_version`."""
+
+    version: str
+    float_accuracy: float
+    max_drop: float
+    selected: str | None
+    attempts: list[Attempt] = field(default_factory=list)
+    artifacts: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        out = asdict(self)
+        out["attempts"] = [asdict(a) for a in self.attempts]
+        return out
+
+
+def quantize_version(
+    registry: Registry,
+    ref: str,
+    *,
+    max_drop: float = 1.0,
+    calibration_samples: int = 256,
+    on_step: StepCallback | None = None,
+) -> QuantizationReport:
+    """Convert and quantize version ``ref``; store every produced artifact with its metrics.
+
+    Args:
+        registry: Where the version lives and the artifacts go.
+        ref: ``MODEL@N`` or ``MODEL`` (latest).
+        max_drop: Accuracy budget, in percentage points below the float torch model.
+        calibration_samples: Training samples used to calibrate int8 activations.
+        on_step: Progress callback.
+
+    Raises:
+        QuantizationError: no precision at all could be produced.
+        RegistryError: the version has TFLite artifacts already.
+    """
+    step = on_step or (lambda _msg: None)
+    version = registry.get_version(ref)
+    if any(a.format == "tflite" for a in version.artifacts):
+        raise RegistryError(f"{version.ref} is quantized already; see `fedge models show`")
+    spec = ModelSpec.from_dict(version.spec)
+    model = model_from_bytes(spec, registry.read_artifact(version.artifact("torch", "fp32")))
+    split = split_from_record(version.data)
+    float_acc, _ = evaluate_torch(model, split.test_x, split.test_y)
+    rng = np.random.default_rng(0)
+    pick = rng.choice(len(split.train_x), min(calibration_samples, len(split.train_x)), False)
+    calibration = split.train_x[np.sort(pick)]
+
+    step("convert to fp32 TFLite")
+    with native_output_captured():
+        float_model = export_float_tflite(model, spec.input_shape)
+    report = QuantizationReport(version.ref, float_acc, max_drop, selected=None)
+    new: list[NewArtifact] = []
+
+    def judge(precision: Precision, data: bytes) -> bool:
+        step(f"evaluate {precision} in LiteRT")
+        evaluation = evaluate_tflite(data, split.test_x, split.test_y)
+        drop = (float_acc - evaluation.accuracy) * 100.0
+        ok = drop <= max_drop
+        reason = None if ok else f"accuracy drop {drop:.2f} points exceeds budget {max_drop:.2f}"
+        metrics = {**evaluation.to_dict(), "accuracy_drop_points": round(drop, 4)}
+        status = ArtifactStatus.APPROVED if ok else ArtifactStatus.REJECTED
+        new.append(NewArtifact("tflite", str(precision), data, status, reason, metrics))
+        report.attempts.append(
+            Attempt(str(precision), "approved" if ok else "rejected", reason, evaluation.accuracy)
+        )
+        log.info(
+            "%s %s: accuracy %.4f (%s)",
+            version.ref,
+            precision,
+            evaluation.accuracy,
+            "approved" if ok else reason,
+        )
+        return ok
+
+    fp32_ok = judge(Precision.FP32, float_model)
+    for precision in FALLBACK_CHAIN:
+        if precision is Precision.FP32:
+            report.selected = "fp32" if fp32_ok else None
+            break
+        step(f"quantize to {precision}")
+        try:
+            with native_output_captured():
+                data = quantize_tflite(float_model, precision, calibration)
+        except QuantizationError as exc:
+            report.attempts.append(Attempt(str(precision), "failed", str(exc)))
+            log.warning("%s: %s", version.ref, exc)
+            continue
+        if judge(precision, data):
+            report.selected = str(precision)
+            break
+
+    summary = {
+        "quantization": {
+            "float_accuracy": float_acc,
+            "max_drop": max_drop,
+            "selected": report.selected,
+            "attempts": [asdict(a) for a in report.attempts],
+        }
+    }
+    stored = registry.add_artifacts(version.ref, new, metrics=summary)
+    report.artifacts = [a.to_dict() for a in stored.artifacts if a.format == "tflite"]
+    return report

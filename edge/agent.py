@@ -1,0 +1,339 @@
+"""The edge agent's lifecycle: serve inference, report status and telemetry, survive outages.
+
+One main loop (the thread that calls :meth:`Agent.run`) owns all state changes: it reads
+events from the MQTT network thread (connected, PUBACK, message), puts outgoing messages
+into the durable :class:`~edge.outbox.Outbox`, publishes from the outbox while connected
+and emits telemetry on the profile's interval. Other threads talk to it only through its
+event queue (:meth:`Agent.send`, :meth:`Agent.request_stop`), so no lock guards the
+outbox or the in-flight table.
+
+Status is retained on ``devices/{id}/status``: ``online`` after each connect and on every
+model change, ``offline`` as the last will (lost connection, killed process) and as the
+final message of a clean stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+from pydantic import BaseModel
+
+from edge.inference import InferenceServer, Predictor
+from edge.messaging import EventKind, LinkEvent, MqttLink, parse_broker_url
+from edge.outbox import Outbox
+from shared.errors import FedgeError
+from shared.profiles import DeviceProfile
+from shared.protocol import topics
+from shared.protocol.codec import encode_message
+from shared.protocol.messages import (
+    DeviceState,
+    LatencyStats,
+    Message,
+    MessageKind,
+    StatusMessage,
+    TelemetryMessage,
+)
+
+__all__ = ["Agent", "AgentConfig", "MessageHandler"]
+
+logger = logging.getLogger(__name__)
+
+MessageHandler = Callable[[str, Message], None]
+"""Called on the agent loop with (topic, message) for a registered message kind."""
+
+_STOP_FLUSH_S = 3.0  # how long a clean stop waits for the final offline status's PUBACK
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Everything the agent needs to run (built by the CLI from flags and FEDGE_* vars)."""
+
+    device_id: str
+    broker_url: str
+    profile: DeviceProfile
+    state_dir: Path
+    model_path: Path | None = None
+    model_version: str | None = None
+    http_port: int | None = None
+    username: str | None = None
+    password: str | None = None
+    cafile: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 30.0
+    keepalive_s: int = 30
+    max_inflight: int = 20
+    outbox_max_messages: int = 10_000
+
+
+@dataclass(frozen=True)
+class _Send:
+    topic: str
+    message: BaseModel
+    retain: bool
+    droppable: bool
+
+
+class Agent:
+    """The device agent. Build it, then call :meth:`run` on the thread that should own it.
+
+    Args:
+        config: Agent settings.
+        predictor: An existing predictor (default: one built from the profile).
+        wall_clock: Returns Unix seconds for ``sent_at`` (injectable for tests).
+
+    Raises:
+        FedgeError: the outbox cannot be opened or the broker URL is invalid.
+    """
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        predictor: Predictor | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        topics.validate_segment(config.device_id, what="device id")
+        self.config = config
+        self.predictor = predictor or Predictor.from_profile(config.profile)
+        self._now = wall_clock
+        self._events: queue.Queue[LinkEvent | _Send | None] = queue.Queue()
+        self._stop = threading.Event()
+        self._handlers: dict[MessageKind, MessageHandler] = {}
+        self._inflight: dict[int, int] = {}  # paho mid -> outbox row id
+        self._connected = False
+        self._announced_version: str | None = None
+        self._rejected = 0
+        self._started = time.monotonic()
+        self._process = psutil.Process()
+        self.outbox = Outbox(
+            config.state_dir / "outbox.sqlite3", max_messages=config.outbox_max_messages
+        )
+        self.server: InferenceServer | None = None
+        will = StatusMessage(
+            device_id=config.device_id,
+            sent_at=self._now(),
+            state=DeviceState.OFFLINE,
+            hardware_id=config.profile.hardware_id,
+        )
+        self.link = MqttLink(
+            client_id=config.device_id,
+            broker=parse_broker_url(config.broker_url),
+            events=self._events,  # type: ignore[arg-type]  # the queue also carries _Send
+            will=(topics.device_status(config.device_id), encode_message(will)),
+            username=config.username,
+            password=config.password,
+            cafile=config.cafile,
+            certfile=config.certfile,
+            keyfile=config.keyfile,
+            reconnect_min_s=config.reconnect_min_s,
+            reconnect_max_s=config.reconnect_max_s,
+            keepalive_s=config.keepalive_s,
+        )
+
+    # --- API for other threads -------------------------------------------------------
+
+    def register_handler(self, kind: MessageKind, handler: MessageHandler) -> None:
+        """Route incoming messages of ``kind`` (on the agent's subscriptions) to ``handler``."""
+        self._handlers[kind] = handler
+
+    def send(
+        self, topic: str, message: BaseModel, *, retain: bool = False, droppable: bool = False
+    ) -> None:
+        """Queue a message for durable, at-least-once delivery (thread-safe)."""
+        self._events.put(_Send(topic, message, retain, droppable))
+
+    def request_stop(self) -> None:
+        """Ask :meth:`run` to stop cleanly (thread- and signal-safe)."""
+        self._stop.set()
+        self._events.put(None)  # wake the loop
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until :meth:`request_stop`; return a process exit code (0 = clean stop)."""
+        cfg = self.config
+        if cfg.model_path is not None:
+            self.predictor.load(cfg.model_path, cfg.model_version)
+        if cfg.http_port is not None:
+            self.server = InferenceServer(self.predictor, port=cfg.http_port)
+            self.server.start()
+        logger.info(
+            "agent %s starting (profile %s, %d messages in outbox)",
+            cfg.device_id,
+            cfg.profile.name,
+            len(self.outbox),
+        )
+        self._process.cpu_percent(None)  # start the first CPU window
+        self.link.start()
+        interval = cfg.profile.telemetry_interval_s
+        next_telemetry = time.monotonic() + interval
+        try:
+            while not self._stop.is_set():
+                timeout = max(0.0, min(next_telemetry - time.monotonic(), 0.5))
+                self._drain_events(timeout)
+                if time.monotonic() >= next_telemetry:
+                    next_telemetry += interval
+                    if next_telemetry < time.monotonic():  # we fell behind: skip, don't burst
+                        next_telemetry = time.monotonic() + interval
+                    self._safely(self._emit_telemetry)
+                self._safely(self._announce_model_change)
+                self._safely(self._flush)
+        finally:
+            self._shutdown()
+        return 0
+
+    def _safely(self, step: Callable[..., None], *args: object) -> None:
+        try:
+            step(*args)
+        except FedgeError as exc:  # e.g. outbox disk full: log, keep serving
+            logger.error("agent step %s failed: %s", getattr(step, "__name__", step), exc)
+
+    def _drain_events(self, timeout: float) -> None:
+        """Handle every queued event, waiting up to ``timeout`` for the first one."""
+        try:
+            event = self._events.get(timeout=timeout)
+        except queue.Empty:
+            return
+        while True:
+            if event is not None:  # None only wakes the loop (request_stop)
+                self._safely(self._handle, event)
+            try:
+                event = self._events.get_nowait()
+            except queue.Empty:
+                return
+
+    def _handle(self, event: LinkEvent | _Send) -> None:
+        if isinstance(event, _Send):
+            self._store(event)
+            return
+        kind = event.kind
+        if kind is EventKind.PUBLISHED and event.mid is not None:
+            row_id = self._inflight.pop(event.mid, None)
+            if row_id is not None:
+                if event.failed:  # the broker refused it for good (e.g. ACL): retrying is futile
+                    logger.error("broker rejected outbox message %d: %s", row_id, event.reason)
+                self.outbox.ack(row_id)
+        elif kind is EventKind.CONNECTED:
+            self._connected = True
+            logger.info("connected to broker")
+            subs = [topics.device_cmd(self.config.device_id)]
+            subs += [topics.group_cmd(g) for g in self.config.profile.groups]
+            self.link.subscribe(subs)
+            self._send_status(DeviceState.ONLINE)
+        elif kind is EventKind.DISCONNECTED:
+            if self._connected or event.failed:
+                logger.warning("disconnected from broker: %s", event.reason)
+            self._connected = False
+        elif kind is EventKind.REJECTED:
+            self._rejected += 1
+            logger.warning("dropped a malformed message on %s: %s", event.topic, event.reason)
+        elif kind is EventKind.MESSAGE and event.message is not None:
+            handler = self._handlers.get(event.message.kind)
+            if handler is None:
+                self._rejected += 1
+                logger.warning("no handler for %s message on %s", event.message.kind, event.topic)
+                return
+            try:
+                handler(event.topic or "", event.message)
+            except Exception:  # a handler bug must not stop the agent
+                logger.exception("handler for %s failed", event.message.kind)
+
+    def _store(self, send: _Send) -> None:
+        payload = encode_message(send.message)
+        msg_id = str(getattr(send.message, "msg_id", "")) or payload.hex()[:32]
+        self.outbox.enqueue(
+            send.topic, payload, msg_id=msg_id, retain=send.retain, droppable=send.droppable
+        )
+
+    def _flush(self) -> None:
+        """Hand the oldest pending outbox messages to paho, up to ``max_inflight``."""
+        if not self._connected:
+            return
+        room = self.config.max_inflight - len(self._inflight)
+        if room <= 0:
+            return
+        in_flight_rows = frozenset(self._inflight.values())
+        for item in self.outbox.pending(limit=room, exclude=in_flight_rows):
+            mid = self.link.publish(item.topic, item.payload, qos=item.qos, retain=item.retain)
+            if mid is None:
+                return
+            self._inflight[mid] = item.row_id
+            self.outbox.mark_attempt(item.row_id)
+
+    def _send_status(self, state: DeviceState, error: str | None = None) -> None:
+        info = self.predictor.active
+        self._announced_version = info.version if info else None
+        status = StatusMessage(
+            device_id=self.config.device_id,
+            sent_at=self._now(),
+            state=state,
+            model_version=self._announced_version,
+            hardware_id=self.config.profile.hardware_id,
+            last_error=error,
+        )
+        self._store(_Send(topics.device_status(self.config.device_id), status, True, False))
+
+    def _announce_model_change(self) -> None:
+        info = self.predictor.active
+        version = info.version if info else None
+        if version != self._announced_version and self._connected:
+            self._send_status(DeviceState.ONLINE)
+
+    def _emit_telemetry(self) -> None:
+        snap = self.predictor.stats.snapshot(reset=True)
+        info = self.predictor.active
+        with self._process.oneshot():
+            cpu = self._process.cpu_percent(None)
+            rss = self._process.memory_info().rss
+        telemetry = TelemetryMessage(
+            device_id=self.config.device_id,
+            sent_at=self._now(),
+            interval_s=self.config.profile.telemetry_interval_s,
+            model_version=info.version if info else None,
+            requests=snap.requests,
+            errors=snap.errors,
+            requests_total=snap.requests_total,
+            latency=LatencyStats(
+                count=snap.latency_count,
+                p50_ms=snap.p50_ms,
+                p95_ms=snap.p95_ms,
+                p99_ms=snap.p99_ms,
+                max_ms=snap.max_ms,
+            ),
+            cpu_percent=cpu,
+            memory_rss_bytes=rss,
+            memory_percent=psutil.virtual_memory().percent,
+            uptime_s=time.monotonic() - self._started,
+            outbox_pending=len(self.outbox),
+            messages_rejected=self._rejected,
+        )
+        topic = topics.device_telemetry(self.config.device_id)
+        self._store(_Send(topic, telemetry, False, True))
+
+    def _shutdown(self) -> None:
+        logger.info("agent %s stopping", self.config.device_id)
+        if self.server is not None:
+            self.server.stop()
+        try:
+            self._drain_events(0)  # store anything other threads queued before the stop
+            self._send_status(DeviceState.OFFLINE)
+            deadline = time.monotonic() + _STOP_FLUSH_S
+            while self._connected and time.monotonic() < deadline:
+                self._flush()
+                if not self._inflight and not len(self.outbox):
+                    break
+                self._drain_events(0.05)
+        except FedgeError as exc:
+            logger.error("could not record the offline status: %s", exc)
+        finally:
+            self.link.stop()
+            self.outbox.close()

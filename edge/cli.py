@@ -1,0 +1,216 @@
+"""``fedge edge …`` commands: run the agent, serve or try a model, check a profile.
+
+Every option of ``run`` can also come from a ``FEDGE_*`` environment variable (shown in
+``--help``), so a device's service unit can keep secrets such as the broker password out
+of its command line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+
+from shared.errors import FedgeError, ProfileError
+from shared.profiles import DeviceProfile, profile_from_toml
+
+__all__ = ["edge_app", "load_profile"]
+
+logger = logging.getLogger(__name__)
+
+edge_app = typer.Typer(
+    name="edge",
+    help="Edge device agent: local LiteRT inference, status/telemetry over MQTT.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def load_profile(path: Path) -> DeviceProfile:
+    """Read and validate a device profile file.
+
+    Raises:
+        ProfileError: unreadable file, invalid TOML or an invalid field (named).
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProfileError(f"cannot read profile {path}: {exc}") from exc
+    return profile_from_toml(text, source=str(path))
+
+
+def _fail(exc: FedgeError, as_json: bool = False) -> None:
+    if as_json:
+        typer.echo(json.dumps({"error": {"code": exc.code, "message": exc.message}}))
+    else:
+        typer.echo(f"error: {exc.message}", err=True)
+    raise typer.Exit(2)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+ProfileOpt = Annotated[
+    Path, typer.Option("--profile", envvar="FEDGE_PROFILE", help="Device profile (TOML).")
+]
+
+
+@edge_app.command()
+def run(
+    profile: ProfileOpt,
+    device_id: Annotated[str, typer.Option(envvar="FEDGE_DEVICE_ID", help="This device's id.")],
+    broker: Annotated[
+        str, typer.Option(envvar="FEDGE_BROKER", help="mqtt://host:port or mqtts://host:port")
+    ],
+    username: Annotated[str | None, typer.Option(envvar="FEDGE_USERNAME")] = None,
+    password: Annotated[str | None, typer.Option(envvar="FEDGE_PASSWORD")] = None,
+    cafile: Annotated[str | None, typer.Option(envvar="FEDGE_CAFILE", help="CA bundle.")] = None,
+    certfile: Annotated[
+        str | None, typer.Option(envvar="FEDGE_CERTFILE", help="Client certificate.")
+    ] = None,
+    keyfile: Annotated[
+        str | None, typer.Option(envvar="FEDGE_KEYFILE", help="Client private key.")
+    ] = None,
+    model: Annotated[
+        Path | None, typer.Option(envvar="FEDGE_MODEL", help="Initial .tflite to serve.")
+    ] = None,
+    model_version: Annotated[
+        str | None, typer.Option(envvar="FEDGE_MODEL_VERSION", help="Version label of --model.")
+    ] = None,
+    http_port: Annotated[
+        int | None,
+        typer.Option(envvar="FEDGE_HTTP_PORT", help="Serve HTTP on 127.0.0.1:PORT (0 = any)."),
+    ] = None,
+    state_dir: Annotated[
+        Path, typer.Option(envvar="FEDGE_STATE_DIR", help="Outbox and device state.")
+    ] = Path(".fedge/edge"),
+    reconnect_max: Annotated[
+        float, typer.Option(envvar="FEDGE_RECONNECT_MAX", help="Max reconnect backoff (s).")
+    ] = 30.0,
+    log_level: Annotated[str, typer.Option(envvar="FEDGE_LOG_LEVEL")] = "info",
+) -> None:
+    """Run the agent until SIGTERM or Ctrl-C."""
+    from edge.agent import Agent, AgentConfig  # deferred: keeps `--help` fast
+
+    _setup_logging(log_level)
+    try:
+        config = AgentConfig(
+            device_id=device_id,
+            broker_url=broker,
+            profile=load_profile(profile),
+            state_dir=state_dir,
+            model_path=model,
+            model_version=model_version,
+            http_port=http_port,
+            username=username,
+            password=password,
+            cafile=cafile,
+            certfile=certfile,
+            keyfile=keyfile,
+            reconnect_max_s=reconnect_max,
+        )
+        agent = Agent(config)
+    except FedgeError as exc:
+        _fail(exc)
+        return
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: agent.request_stop())
+    try:
+        code = agent.run()
+    except FedgeError as exc:
+        _fail(exc)
+        return
+    raise typer.Exit(code)
+
+
+@edge_app.command("check-profile")
+def check_profile(
+    path: Annotated[Path, typer.Argument(help="Profile file(s) to validate.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the profile as JSON.")] = False,
+) -> None:
+    """Validate a device profile; print it, or the field that is wrong."""
+    try:
+        prof = load_profile(path)
+    except FedgeError as exc:
+        _fail(exc, as_json)
+        return
+    if as_json:
+        typer.echo(prof.model_dump_json(indent=2))
+    else:
+        typer.echo(f"{path}: ok ({prof.name}, {prof.device_class}, {prof.hardware_id})")
+
+
+def _load_predictor(model: Path, threads: int, profile: Path | None) -> Any:
+    from edge.inference import Predictor
+
+    if profile is not None:
+        predictor = Predictor.from_profile(load_profile(profile))
+    else:
+        predictor = Predictor(num_threads=threads)
+    predictor.load(model)
+    return predictor
+
+
+@edge_app.command()
+def infer(
+    model: Annotated[Path, typer.Option(help=".tflite model.")],
+    input_path: Annotated[Path, typer.Option("--input", help=".npy input (float32 or int8).")],
+    threads: Annotated[int, typer.Option(help="Interpreter threads.")] = 1,
+    profile: Annotated[Path | None, typer.Option(help="Take threads/limits from it.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+) -> None:
+    """Run one inference locally and print the output."""
+    try:
+        predictor = _load_predictor(model, threads, profile)
+        try:
+            x = np.load(input_path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ProfileError(f"cannot read input {input_path}: {exc}") from exc
+        out = predictor.predict(x)
+    except FedgeError as exc:
+        _fail(exc, as_json)
+        return
+    version = predictor.active.version
+    if as_json:
+        typer.echo(json.dumps({"model_version": version, "outputs": out.tolist()}))
+    else:
+        typer.echo(f"model {version}: argmax={int(np.argmax(out))} outputs={out.tolist()}")
+
+
+@edge_app.command()
+def serve(
+    model: Annotated[Path, typer.Option(help=".tflite model.")],
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 = any free port).")] = 8470,
+    threads: Annotated[int, typer.Option(help="Interpreter threads.")] = 1,
+    profile: Annotated[Path | None, typer.Option(help="Take threads/limits from it.")] = None,
+    log_level: Annotated[str, typer.Option()] = "info",
+) -> None:
+    """Serve a model on the loopback HTTP endpoint only (no MQTT) until Ctrl-C."""
+    from edge.inference import InferenceServer
+
+    _setup_logging(log_level)
+    try:
+        server = InferenceServer(_load_predictor(model, threads, profile), port=port)
+        server.start()
+    except FedgeError as exc:
+        _fail(exc)
+        return
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    typer.echo(f"serving on {server.url} (POST /v1/infer, GET /v1/health)")
+    stop.wait()
+    server.stop()

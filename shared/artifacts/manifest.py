@@ -1,0 +1,177 @@
+"""The TUF-style release manifest: what a device needs to fetch, verify and install a model.
+
+A manifest is immutable (frozen pydantic) and travels as canonical JSON inside a signed
+envelope (:mod:`shared.artifacts.trust`). Every consistency rule a verifier relies on is
+enforced at parse time, so downstream code can trust the shape of a parsed manifest:
+chunk count agrees with encoded length and chunk size, one hash per chunk, a delta base
+exactly when the encoding is a delta.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from shared.artifacts.canonical import canonical_json
+from shared.errors import ProtocolError
+
+__all__ = [
+    "ID_PATTERN",
+    "MAX_ARTIFACT_BYTES",
+    "MAX_CHUNKS",
+    "MAX_CHUNK_SIZE",
+    "ArtifactId",
+    "DeltaBase",
+    "Encoding",
+    "Hex256",
+    "Identifier",
+    "Manifest",
+    "Precision",
+    "b64decode",
+    "b64encode",
+    "content_key_ad",
+    "manifest_from_bytes",
+    "manifest_to_bytes",
+]
+
+#: Device ids, model ids, group ids, rollout ids: safe in MQTT topics, ACL files and paths.
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+#: 64 KiB of plaintext per chunk keeps every chunk message far below 128 KB.
+MAX_CHUNK_SIZE = 64 * 1024
+#: 1024 hex hashes (~68 KB) keep a manifest below the 128 KB message limit.
+MAX_CHUNKS = 1024
+#: Upper bound on a decompressed artifact; device profiles set tighter limits.
+MAX_ARTIFACT_BYTES = 256 * 1024 * 1024
+
+Identifier = Annotated[str, Field(pattern=ID_PATTERN)]
+Hex256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+ArtifactId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+
+
+def b64encode(data: bytes) -> str:
+    """Standard base64 with padding (RFC 4648 §4)."""
+    return base64.b64encode(data).decode("ascii")
+
+
+def b64decode(text: str) -> bytes:
+    """Strict standard base64; raises :class:`ProtocolError` on anything else."""
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, ValueError, UnicodeEncodeError) as exc:
+        raise ProtocolError("invalid base64") from exc
+
+
+def content_key_ad(artifact_id: str, device_id: str) -> bytes:
+    """Associated data binding a wrapped content key to one artifact and one device.
+
+    Without it a wrapped key could be moved to another manifest entry unnoticed.
+    """
+    return f"fedge/v1/content-key\x00{artifact_id}\x00{device_id}".encode()
+
+
+class Precision(StrEnum):
+    """Numeric precision of the model inside the artifact."""
+
+    INT8 = "int8"
+    INT16X8 = "int16x8"
+    FLOAT16 = "float16"
+    FLOAT32 = "float32"
+
+
+class Encoding(StrEnum):
+    """How the artifact bytes are encoded before encryption."""
+
+    ZSTD = "zstd"  # a full artifact, zstd-compressed
+    ZSTD_DELTA = "zstd_delta"  # zstd with the base artifact as a raw-content dictionary
+
+
+class DeltaBase(BaseModel):
+    """The installed artifact a delta applies to (the device must hold exactly this)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: int = Field(ge=1)
+    sha256: Hex256
+    length: int = Field(ge=1, le=MAX_ARTIFACT_BYTES)
+
+
+class Manifest(BaseModel):
+    """A signed description of one deliverable artifact (spec version 1).
+
+    Attributes:
+        version: Strictly increasing per device; the anti-rollback floor compares it.
+        length, sha256: Of the final, decoded artifact (the ``.tflite`` bytes).
+        encoded_length: Bytes after compression/delta, before encryption.
+        chunk_sha256: sha256 of each sealed chunk body (``nonce || ciphertext || tag``),
+            so tampering is caught before decryption and even by a device holding the key.
+        content_keys: device id → base64 sealed content key (see :func:`content_key_ad`).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    spec_version: Literal[1] = 1
+    model_id: Identifier
+    version: int = Field(ge=1, le=2**53)
+    artifact_id: ArtifactId
+    rollout_id: Identifier
+    issued_at: int = Field(ge=0)
+    expires: int = Field(ge=0)
+    precision: Precision
+    hardware_ids: tuple[Identifier, ...] = Field(min_length=1, max_length=64)
+    length: int = Field(ge=1, le=MAX_ARTIFACT_BYTES)
+    sha256: Hex256
+    encoding: Encoding
+    encoded_length: int = Field(ge=1, le=MAX_CHUNKS * MAX_CHUNK_SIZE)
+    chunk_size: int = Field(ge=1, le=MAX_CHUNK_SIZE)
+    chunk_count: int = Field(ge=1, le=MAX_CHUNKS)
+    chunk_sha256: tuple[Hex256, ...] = Field(min_length=1, max_length=MAX_CHUNKS)
+    delta_base: DeltaBase | None = None
+    content_keys: dict[Identifier, str] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        # Rule M1: the chunk layout is fully determined by encoded_length and chunk_size.
+        if self.chunk_count != -(-self.encoded_length // self.chunk_size):
+            raise ValueError("chunk_count does not match encoded_length / chunk_size")
+        # Rule M2: exactly one signed hash per chunk.
+        if len(self.chunk_sha256) != self.chunk_count:
+            raise ValueError("one chunk hash per chunk required")
+        # Rule M3: a delta names its base; a full artifact does not.
+        if (self.encoding is Encoding.ZSTD_DELTA) != (self.delta_base is not None):
+            raise ValueError("delta_base required exactly for zstd_delta")
+        if self.expires <= self.issued_at:
+            raise ValueError("expires must be after issued_at")
+        return self
+
+    def chunk_plain_length(self, index: int) -> int:
+        """Plaintext length of chunk ``index``: ``chunk_size`` except for the last one."""
+        if index < self.chunk_count - 1:
+            return self.chunk_size
+        return self.encoded_length - self.chunk_size * (self.chunk_count - 1)
+
+    def for_devices(self, device_ids: list[str]) -> Manifest:
+        """A copy carrying only the content keys of ``device_ids`` (per-device manifests).
+
+        Raises:
+            KeyError: a device id has no wrapped key in this manifest.
+        """
+        return self.model_copy(
+            update={"content_keys": {d: self.content_keys[d] for d in device_ids}}
+        )
+
+
+def manifest_to_bytes(manifest: Manifest) -> bytes:
+    """Canonical JSON of ``manifest`` (what goes into a signed envelope)."""
+    return canonical_json(manifest.model_dump(mode="json"))
+
+
+def manifest_from_bytes(data: bytes) -> Manifest:
+    """Parse manifest bytes; raises :class:`ProtocolError` for anything invalid."""
+    try:
+        return Manifest.model_validate_json(data, strict=False)
+    except (ValidationError, ValueError) as exc:
+        raise ProtocolError("malformed manifest") from exc

@@ -1,0 +1,145 @@
+"""Wire message models: frozen pydantic models tagged by ``kind`` (a discriminated union).
+
+Every message carries:
+
+* ``kind`` — the discriminator; :data:`Message` dispatches on it;
+* ``v`` — the protocol version (1);
+* ``msg_id`` — a unique id chosen once by the sender and stored with the message in its
+  outbox, so a re-sent copy carries the same id and a receiver can drop duplicates (see
+  :class:`shared.protocol.dedupe.Deduplicator`);
+* ``device_id`` and ``sent_at`` (Unix seconds, passed in by the caller: no clock here).
+
+To add a message (manifest, chunk, command, ...): subclass :class:`_Envelope` with a
+``kind: Literal[MessageKind.X]`` field, add the kind to :class:`MessageKind` and the class to
+the :data:`Message` union. Unknown kinds are rejected by the codec, never guessed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "DeviceState",
+    "LatencyStats",
+    "Message",
+    "MessageKind",
+    "StatusMessage",
+    "TelemetryMessage",
+    "new_msg_id",
+]
+
+PROTOCOL_VERSION = 1
+
+_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+DeviceIdField = Annotated[str, Field(pattern=_ID)]
+MsgIdField = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{8,64}$")]
+VersionField = Annotated[str, Field(min_length=1, max_length=128)]
+Count = Annotated[int, Field(ge=0)]
+Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+def new_msg_id() -> str:
+    """A fresh random message id (32 hex characters)."""
+    return uuid.uuid4().hex
+
+
+class MessageKind(StrEnum):
+    """Discriminator values of every message on the wire."""
+
+    STATUS = "status"
+    TELEMETRY = "telemetry"
+
+
+class DeviceState(StrEnum):
+    """Lifecycle state reported in a :class:`StatusMessage`."""
+
+    ONLINE = "online"
+    OFFLINE = "offline"
+    UPDATING = "updating"
+    DEGRADED = "degraded"
+
+
+class _Envelope(BaseModel):
+    """Fields every message shares. Frozen; unknown fields are rejected."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    v: Literal[1] = 1
+    msg_id: MsgIdField = Field(default_factory=new_msg_id)
+    device_id: DeviceIdField
+    sent_at: Seconds
+
+
+class StatusMessage(_Envelope):
+    """Retained device status on ``devices/{id}/status``; also the last will (``offline``).
+
+    Attributes:
+        state: Lifecycle state.
+        model_version: Version of the active model, if one is serving.
+        slot: Active A/B slot name, if the updater manages slots.
+        last_error: Short description of the last error (never a payload or key).
+        hardware_id: Hardware revision from the device profile.
+    """
+
+    kind: Literal[MessageKind.STATUS] = MessageKind.STATUS
+    state: DeviceState
+    model_version: VersionField | None = None
+    slot: Annotated[str, Field(max_length=16)] | None = None
+    last_error: Annotated[str, Field(max_length=1024)] | None = None
+    hardware_id: Annotated[str, Field(max_length=128)] | None = None
+
+
+class LatencyStats(BaseModel):
+    """Latency percentiles over one telemetry window, in milliseconds."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    count: Count
+    p50_ms: Seconds
+    p95_ms: Seconds
+    p99_ms: Seconds
+    max_ms: Seconds
+
+
+class TelemetryMessage(_Envelope):
+    """Periodic device telemetry on ``devices/{id}/telemetry``.
+
+    Counts are per window (since the previous telemetry message), except ``*_total``.
+
+    Attributes:
+        interval_s: Length of the window.
+        model_version: Active model version, if any.
+        requests: Inference requests served in the window (success + error).
+        errors: Requests that failed in the window.
+        requests_total: Requests since the agent started.
+        latency: Percentiles of successful requests in the window.
+        cpu_percent: Agent process CPU use over the window (100 = one core).
+        memory_rss_bytes: Agent process resident memory.
+        memory_percent: System memory in use.
+        uptime_s: Seconds since the agent started.
+        outbox_pending: Messages waiting in the durable outbox.
+        messages_rejected: Malformed or unexpected MQTT messages dropped since start.
+    """
+
+    kind: Literal[MessageKind.TELEMETRY] = MessageKind.TELEMETRY
+    interval_s: Seconds
+    model_version: VersionField | None = None
+    requests: Count
+    errors: Count
+    requests_total: Count
+    latency: LatencyStats
+    cpu_percent: Annotated[float, Field(ge=0, le=100_000, allow_inf_nan=False)]
+    memory_rss_bytes: Count
+    memory_percent: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
+    uptime_s: Seconds
+    outbox_pending: Count = 0
+    messages_rejected: Count = 0
+
+
+Message = Annotated[StatusMessage | TelemetryMessage, Field(discriminator="kind")]
+"""Any fedge wire message; pydantic dispatches on ``kind``."""
