@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, cast
 
 import typer
 from rich.console import Console
@@ -87,14 +87,17 @@ def train_cmd(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from cloud.training import TrainConfig
+    from cloud.training.trainer import DeviceChoice
     from cloud.training.workflow import TrainRequest, train_and_register
 
+    if device not in ("auto", "cpu", "cuda"):
+        raise typer.BadParameter(f"{device!r}: use auto, cpu or cuda", param_hint="--device")
     config = TrainConfig(
         epochs=epochs,
         batch_size=batch_size,
         learning_rate=lr,
-        device=device,
-        seed=seed,  # type: ignore[arg-type]
+        device=cast(DeviceChoice, device),
+        seed=seed,
     )
     with (
         cli_errors(),

@@ -54,16 +54,16 @@ class LiteRTRunner:
         if np.issubdtype(dtype, np.integer) and self._in_scale:
             info = np.iinfo(dtype)
             q = np.round(sample / self._in_scale + self._in_zero)
-            return np.clip(q, info.min, info.max).astype(dtype)
-        return sample.astype(dtype)
+            return np.asarray(np.clip(q, info.min, info.max).astype(dtype))
+        return np.asarray(sample.astype(dtype))
 
     def run(self, prepared: np.ndarray) -> np.ndarray:
         """Invoke on an already prepared input; return float logits."""
         self.interpreter.set_tensor(self.input["index"], prepared)
         self.interpreter.invoke()
-        out = self.interpreter.get_tensor(self.output["index"])
+        out = np.asarray(self.interpreter.get_tensor(self.output["index"]))
         if np.issubdtype(out.dtype, np.integer) and self._out_scale:
-            return (out.astype(np.float32) - self._out_zero) * self._out_scale
+            return np.asarray((out.astype(np.float32) - self._out_zero) * self._out_scale)
         return out.astype(np.float32)
 
     def predict(self, sample: np.ndarray) -> np.ndarray:

@@ -83,7 +83,8 @@ class CompactCNN(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        out: torch.Tensor = self.classifier(self.features(x))
+        return out
 
 
 class MLP(nn.Module):
@@ -100,7 +101,8 @@ class MLP(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x.flatten(1))
+        out: torch.Tensor = self.net(x.flatten(1))
+        return out
 
 
 def build_model(spec: ModelSpec) -> nn.Module:

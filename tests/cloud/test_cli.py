@@ -15,8 +15,11 @@ import pytest
 def fedge(*args: str, home: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "FEDGE_HOME": str(home)}
     proc = subprocess.run(
-        [sys.executable, "-m", "simulations.cli", *args], env=env, capture_output=True,
-        text=True, timeout=600,
+        [sys.executable, "-m", "simulations.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"fedge {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
@@ -30,8 +33,9 @@ def _home_files(home: Path) -> list[Path]:
 
 def test_train_quantize_list_show_json(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    trained = json.loads(fedge("cloud", "train", "--data", "digits", "--epochs", "8", "--json",
-                               home=home).stdout)
+    trained = json.loads(
+        fedge("cloud", "train", "--data", "digits", "--epochs", "8", "--json", home=home).stdout
+    )
     assert trained["model"] == "cnn-digits" and trained["version"] == "cnn-digits@1"
     assert 0.0 < trained["test_accuracy"] <= 1.0
 
@@ -41,7 +45,9 @@ def test_train_quantize_list_show_json(tmp_path: Path) -> None:
     precisions = {a["precision"]: a for a in quant["artifacts"]}
     assert {"fp32", "int8"} <= set(precisions)
     for art in quant["artifacts"]:
-        assert {"precision", "accuracy", "bytes", "sha256", "status"} <= set(art) | set(art["metrics"])
+        assert {"precision", "accuracy", "bytes", "sha256", "status"} <= set(art) | set(
+            art["metrics"]
+        )
         assert len(art["sha256"]) == 64 and art["bytes"] > 0
 
     listed = json.loads(fedge("models", "list", "--json", home=home).stdout)
@@ -74,8 +80,15 @@ def test_unknown_version_is_a_clear_error(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [(), ("cloud",), ("cloud", "train"), ("cloud", "quantize"), ("models",), ("models", "list"),
-     ("models", "show")],
+    [
+        (),
+        ("cloud",),
+        ("cloud", "train"),
+        ("cloud", "quantize"),
+        ("models",),
+        ("models", "list"),
+        ("models", "show"),
+    ],
 )
 def test_every_command_has_help(tmp_path: Path, args: tuple[str, ...]) -> None:
     proc = fedge(*args, "--help", home=tmp_path)

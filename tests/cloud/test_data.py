@@ -15,7 +15,7 @@ def test_mnist_5k_is_real_mnist() -> None:
     data = load_dataset("mnist-5k")
     assert data.x.shape == (5000, 1, 28, 28)
     assert data.num_classes == 10
-    assert data.x.dtype == np.float32 and 0.0 <= data.x.min() and data.x.max() <= 1.0
+    assert data.x.dtype == np.float32 and data.x.min() >= 0.0 and data.x.max() <= 1.0
     assert data.input_scale == 255.0
 
 
@@ -50,7 +50,9 @@ def _save(path: Path, **arrays: np.ndarray) -> Path:
     ("shape", "expected"),
     [((40, 6), (6,)), ((40, 5, 7), (1, 5, 7)), ((40, 5, 7, 3), (3, 5, 7))],
 )
-def test_user_npz_layouts(tmp_path: Path, shape: tuple[int, ...], expected: tuple[int, ...]) -> None:
+def test_user_npz_layouts(
+    tmp_path: Path, shape: tuple[int, ...], expected: tuple[int, ...]
+) -> None:
     rng = np.random.default_rng(0)
     path = _save(tmp_path / "mine.npz", x=rng.random(shape), y=np.arange(40) % 4 + 3)
     data = load_dataset(str(path))
@@ -100,7 +102,7 @@ def test_bad_npz_is_refused_with_the_reason(
 def test_not_an_npz_at_all(tmp_path: Path) -> None:
     path = tmp_path / "junk.npz"
     path.write_bytes(b"this is not a zip archive\x00\x01")
-    with pytest.raises(DatasetError, match="not a readable .npz"):
+    with pytest.raises(DatasetError, match=r"not a readable \.npz"):
         load_dataset(str(path))
 
 

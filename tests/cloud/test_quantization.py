@@ -26,7 +26,9 @@ def test_int8_artifact_is_full_integer_and_accurate(quantized_digits) -> None:  
     assert np.dtype(runner.input["dtype"]) == np.int8
     assert np.dtype(runner.output["dtype"]) == np.int8
     split = split_from_record(version.data)
-    preds = [int(np.argmax(runner.predict(split.test_x[i : i + 1]))) for i in range(len(split.test_y))]
+    preds = [
+        int(np.argmax(runner.predict(split.test_x[i : i + 1]))) for i in range(len(split.test_y))
+    ]
     assert np.mean(np.array(preds) == split.test_y) == pytest.approx(int8.metrics["accuracy"])
     assert "FULLY_CONNECTED" in int8.metrics["ops"] or "DELEGATE" in int8.metrics["ops"]
     assert reg.deployable_artifact(version.ref).precision == "int8"
@@ -53,8 +55,13 @@ def test_over_budget_artifacts_are_rejected_and_never_deployable(trained_digits)
 
     torch_art = version.artifact("torch", "fp32")
     clone = reg.create_version(
-        "budget-test", spec=version.spec, source=VersionSource.IMPORTED, data=version.data,
-        artifacts=[NewArtifact("torch", "fp32", reg.read_artifact(torch_art), ArtifactStatus.SOURCE)],
+        "budget-test",
+        spec=version.spec,
+        source=VersionSource.IMPORTED,
+        data=version.data,
+        artifacts=[
+            NewArtifact("torch", "fp32", reg.read_artifact(torch_art), ArtifactStatus.SOURCE)
+        ],
     )
     # A budget no artifact can meet: it must beat the float model by 50 points.
     report = quantize_version(reg, clone.ref, max_drop=-50.0)

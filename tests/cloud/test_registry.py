@@ -25,8 +25,12 @@ def _torch(data: bytes = b"weights") -> NewArtifact:
 def test_versions_number_up_and_keep_lineage(registry: Registry) -> None:
     v1 = registry.create_version("m", spec=SPEC, source=VersionSource.TRAINED, artifacts=[_torch()])
     v2 = registry.create_version(
-        "m", spec=SPEC, source=VersionSource.FEDERATED, source_ref="run-7/round-3",
-        parent=v1.ref, artifacts=[_torch(b"other")],
+        "m",
+        spec=SPEC,
+        source=VersionSource.FEDERATED,
+        source_ref="run-7/round-3",
+        parent=v1.ref,
+        artifacts=[_torch(b"other")],
     )
     assert (v1.ref, v2.ref) == ("m@1", "m@2")
     got = registry.get_version("m")  # latest
@@ -52,7 +56,9 @@ def test_failed_write_leaves_no_version_and_no_orphan_blob(registry: Registry) -
     # blob was already written to the store.
     with pytest.raises(RegistryError, match="already has"):
         registry.create_version(
-            "m", spec=SPEC, source=VersionSource.TRAINED,
+            "m",
+            spec=SPEC,
+            source=VersionSource.TRAINED,
             artifacts=[_torch(b"new-blob"), _torch(b"another")],
         )
     assert [v.ref for v in registry.list_versions("m")] == ["m@1"]
@@ -72,7 +78,9 @@ def test_failed_add_keeps_existing_artifacts(registry: Registry) -> None:
 
 def test_rejected_artifacts_are_never_deployable(registry: Registry) -> None:
     v = registry.create_version(
-        "m", spec=SPEC, source=VersionSource.TRAINED,
+        "m",
+        spec=SPEC,
+        source=VersionSource.TRAINED,
         artifacts=[
             _torch(),
             NewArtifact("tflite", "int8", b"i8", ArtifactStatus.REJECTED, "drop 3.1 > 1.0"),

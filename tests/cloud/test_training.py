@@ -34,7 +34,9 @@ def test_training_is_reproducible_by_seed() -> None:
     assert model_to_bytes(a.model) == model_to_bytes(b.model)
 
 
-@pytest.mark.parametrize(("shape", "arch"), [((1, 28, 28), "cnn"), ((3, 8, 8), "cnn"), ((12,), "mlp")])
+@pytest.mark.parametrize(
+    ("shape", "arch"), [((1, 28, 28), "cnn"), ((3, 8, 8), "cnn"), ((12,), "mlp")]
+)
 def test_zoo_shapes_follow_the_data(shape: tuple[int, ...], arch: str) -> None:
     model = build_model(ModelSpec(arch, shape, 7))
     assert model(torch.zeros(3, *shape)).shape == (3, 7)
@@ -50,7 +52,8 @@ def test_cuda_refused_without_a_gpu() -> None:
 
 @pytest.fixture()
 def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    (tmp_path / "my_models.py").write_text(textwrap.dedent("""
+    (tmp_path / "my_models.py").write_text(
+        textwrap.dedent("""
         import torch
         def tiny(input_shape, num_classes):
             return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, num_classes))
@@ -60,7 +63,8 @@ def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
             return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
         def explodes(input_shape, num_classes):
             raise RuntimeError("boom")
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     yield "my_models"
     sys.modules.pop("my_models", None)

@@ -1,0 +1,221 @@
+"""The update guard: decode, validate and count client updates before any strategy sees them.
+
+Clients send compressed deltas (``shared.compression``), not weights. :class:`UpdateGuard`
+wraps any Flower Message-API strategy: on the way out it remembers the global weights it
+sent and stamps the run id into the config; on the way back it decodes each delta, checks
+it, and hands the wrapped strategy ordinary full-weight replies (``global + delta``) — so
+FedAvg, FedProx, FedAdam, FedTrimmedAvg and FedMedian work unchanged.
+
+A reply is rejected (logged, counted, left out of the aggregate; the round goes on) when:
+
+* it is not a well-formed update (no payload, bad codec bytes, no ``num-examples``);
+* it belongs to another run or round (replay of an old update);
+* the payload is larger than ``max_update_bytes`` (checked before decoding);
+* its tensors do not match the global model's names and shapes;
+* it holds NaN or infinity, or its L2 norm exceeds ``max_delta_norm``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import cast
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from shared.compression import MalformedUpdateError, decode_update, float32_nbytes
+from shared.errors import FedgeError
+
+log = logging.getLogger(__name__)
+
+
+class RejectedUpdateError(FedgeError):
+    """A client update that must not reach the aggregate."""
+
+    code = "rejected_update"
+
+
+@dataclass
+class RoundTraffic:
+    """What one training round moved and kept.
+
+    Attributes:
+        sampled: Clients asked to train.
+        accepted: Updates that passed every check and were aggregated.
+        rejected: Updates refused by the guard, with reasons.
+        failed: Clients that replied with an error or not at all before the deadline.
+        bytes_down: Global weights sent (float32) to all sampled clients.
+        bytes_up: Update payload bytes received, accepted or not.
+        raw_bytes_up: What the accepted updates would have cost as float32.
+    """
+
+    sampled: int = 0
+    accepted: int = 0
+    rejected: list[str] = field(default_factory=list)
+    failed: int = 0
+    bytes_down: int = 0
+    bytes_up: int = 0
+    raw_bytes_up: int = 0
+
+
+class UpdateGuard(Strategy):
+    """Wrap ``inner`` so it only ever aggregates decoded, validated client updates.
+
+    Args:
+        inner: The aggregation strategy (any Message-API strategy using ``arrays``).
+        run_id: Stamped into every train config; replies must echo it.
+        max_update_bytes: Largest accepted payload; ``None`` allows 1.1x float32 size.
+        max_delta_norm: Largest accepted L2 norm of a delta; ``None`` disables the check.
+    """
+
+    def __init__(
+        self,
+        inner: Strategy,
+        *,
+        run_id: str,
+        max_update_bytes: int | None = None,
+        max_delta_norm: float | None = None,
+    ) -> None:
+        self.inner = inner
+        self.run_id = run_id
+        self.max_update_bytes = max_update_bytes
+        self.max_delta_norm = max_delta_norm
+        self.traffic: dict[int, RoundTraffic] = {}
+        self._global: dict[str, np.ndarray] = {}
+
+    def summary(self) -> None:
+        """Log the wrapped strategy's configuration and the guard's limits."""
+        log.info(
+            "update guard: run %s, max %s bytes, max norm %s",
+            self.run_id,
+            self.max_update_bytes,
+            self.max_delta_norm,
+        )
+        self.inner.summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Stamp run and round, remember the global weights, count the bytes sent down."""
+        self._global = {k: v.numpy() for k, v in arrays.items()}
+        config["run-id"] = self.run_id
+        messages = list(self.inner.configure_train(server_round, arrays, config, grid))
+        self.traffic[server_round] = RoundTraffic(
+            sampled=len(messages), bytes_down=len(messages) * float32_nbytes(self._global)
+        )
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Decode and check every reply; aggregate only the accepted ones."""
+        traffic = self.traffic.setdefault(server_round, RoundTraffic())
+        accepted: list[Message] = []
+        for msg in replies:
+            if msg.has_error():
+                traffic.failed += 1
+                continue
+            try:
+                msg.content, payload_bytes, raw = self.restore(server_round, msg.content)
+            except RejectedUpdateError as exc:
+                node = msg.metadata.src_node_id
+                log.warning("round %d: rejected update from node %s: %s", server_round, node, exc)
+                traffic.rejected.append(exc.message)
+                traffic.bytes_up += _payload_size(msg.content)
+                continue
+            traffic.bytes_up += payload_bytes
+            traffic.raw_bytes_up += raw
+            accepted.append(msg)
+        # Clients that never answered before the deadline are missing from `replies`.
+        traffic.failed = max(
+            traffic.failed, traffic.sampled - len(accepted) - len(traffic.rejected)
+        )
+        traffic.accepted = len(accepted)
+        if not accepted:
+            log.warning(
+                "round %d: no acceptable update; the global model is unchanged", server_round
+            )
+            return None, None
+        return self.inner.aggregate_train(server_round, accepted)
+
+    def restore(self, server_round: int, content: RecordDict) -> tuple[RecordDict, int, int]:
+        """Turn a compressed-delta reply into a full-weight reply, or refuse it.
+
+        Returns:
+            The replacement content (``arrays`` + ``metrics``), payload bytes, float32 bytes.
+
+        Raises:
+            RejectedUpdateError: for any of the reasons in the module docstring.
+        """
+        update = content.config_records.get("update")
+        metrics = content.metric_records.get("metrics")
+        if update is None or metrics is None or not isinstance(update.get("payload"), bytes):
+            raise RejectedUpdateError("reply has no update payload or metrics")
+        if update.get("run-id") != self.run_id or update.get("server-round") != server_round:
+            raise RejectedUpdateError(
+                f"update for run {update.get('run-id')!r} round {update.get('server-round')} "
+                f"replayed into run {self.run_id!r} round {server_round}"
+            )
+        examples = metrics.get("num-examples")
+        if not isinstance(examples, int) or examples < 1:
+            raise RejectedUpdateError(f"num-examples must be a positive int, got {examples!r}")
+        payload = cast(bytes, update["payload"])
+        raw = float32_nbytes(self._global)
+        limit = self.max_update_bytes if self.max_update_bytes is not None else int(raw * 1.1)
+        if len(payload) > limit:
+            raise RejectedUpdateError(f"update of {len(payload)} bytes exceeds {limit}")
+        try:
+            delta = decode_update(
+                payload,
+                max_tensors=len(self._global),
+                max_elements=sum(int(a.size) for a in self._global.values()),
+            )
+        except MalformedUpdateError as exc:
+            raise RejectedUpdateError(f"undecodable update: {exc.message}") from exc
+        self.check_delta(delta)
+        restored = {
+            k: Array(np.asarray(self._global[k] + delta[k], dtype=self._global[k].dtype))
+            for k in self._global
+        }
+        slim = MetricRecord(
+            {"num-examples": examples, "train-loss": float(metrics.get("train-loss", 0.0))}
+        )
+        return RecordDict({"arrays": ArrayRecord(restored), "metrics": slim}), len(payload), raw
+
+    def check_delta(self, delta: dict[str, np.ndarray]) -> None:
+        """Names, shapes, finiteness and (optionally) norm of a decoded delta."""
+        if set(delta) != set(self._global):
+            raise RejectedUpdateError("update tensors do not match the global model")
+        squared = 0.0
+        for name, values in delta.items():
+            if values.shape != self._global[name].shape:
+                raise RejectedUpdateError(f"tensor {name!r} has shape {values.shape}")
+            if not np.all(np.isfinite(values)):
+                raise RejectedUpdateError(f"tensor {name!r} holds NaN or infinity")
+            squared += float(np.sum(np.square(values, dtype=np.float64)))
+        norm = math.sqrt(squared)
+        if self.max_delta_norm is not None and norm > self.max_delta_norm:
+            raise RejectedUpdateError(f"update norm {norm:.3g} exceeds {self.max_delta_norm}")
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Federated evaluation is the wrapped strategy's business."""
+        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Federated evaluation is the wrapped strategy's business."""
+        return self.inner.aggregate_evaluate(server_round, replies)
+
+
+def _payload_size(content: RecordDict) -> int:
+    update = content.config_records.get("update")
+    payload = update.get("payload") if update is not None else None
+    return len(payload) if isinstance(payload, bytes) else 0

@@ -1,0 +1,102 @@
+"""What a federated run is asked to do, and what it reports per round."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cloud.federation.strategies import Participation
+from shared.compression import UpdateMode
+
+
+@dataclass(frozen=True)
+class FederationPlan:
+    """Everything a run needs besides the registry.
+
+    Attributes:
+        data: Data set (``digits``, ``mnist-5k`` or ``PATH.npz``); its held-out split is
+            the server's evaluation set and its train split is partitioned across clients.
+        num_clients: Simulated devices (one partition each).
+        rounds: Federated rounds.
+        strategy: ``fedavg``, ``fedprox``, ``fedadam``, ``trimmed-mean`` or ``median``.
+        participation: Sampling fraction and minimum client counts per round.
+        round_timeout: Seconds a round waits for replies; stragglers are left out.
+        local_epochs, lr, batch_size: Client training hyper-parameters.
+        proximal_mu: FedProx weight (ignored by the other strategies).
+        update_mode: How clients compress their deltas (``fp32``, ``int8``, ``topk``).
+        topk_fraction: Share of entries a ``topk`` update keeps.
+        alpha: Dirichlet label-skew α; ``None`` for IID partitions.
+        seed: Split, partition and initial-weights seed.
+        arch: ``cnn`` or ``mlp`` (default by data kind); ignored with ``init_version``.
+        init_version: Registry ``MODEL@N`` to start from (and to be the parent of round 1).
+        model_name: Registry name for the round versions (default ``ARCH-DATA-fl``).
+        quantize: Quantize the best round's model at the end.
+        max_drop: Accuracy budget, in points, for the int8 model.
+        max_update_bytes: Largest accepted update (default 1.1x the float32 model).
+        max_delta_norm: Largest accepted update L2 norm (default: unchecked).
+        run_id: Identifies the run in lineage and in every update (default random).
+    """
+
+    data: str = "digits"
+    num_clients: int = 3
+    rounds: int = 3
+    strategy: str = "fedavg"
+    participation: Participation = field(default_factory=Participation)
+    round_timeout: float = 300.0
+    local_epochs: int = 1
+    lr: float = 0.05
+    batch_size: int = 32
+    proximal_mu: float = 0.01
+    update_mode: UpdateMode = "int8"
+    topk_fraction: float = 0.1
+    alpha: float | None = None
+    seed: int = 0
+    arch: str | None = None
+    init_version: str | None = None
+    model_name: str | None = None
+    quantize: bool = True
+    max_drop: float = 1.0
+    max_update_bytes: int | None = None
+    max_delta_norm: float | None = None
+    run_id: str = field(default_factory=lambda: f"run-{uuid.uuid4().hex[:10]}")
+
+
+@dataclass(frozen=True)
+class RoundReport:
+    """One round, as streamed to the CLI and stored in the version's metrics."""
+
+    round: int
+    accuracy: float
+    loss: float
+    participants: int
+    rejected: int
+    failed: int
+    bytes_up: int
+    bytes_down: int
+    raw_bytes_up: int
+    seconds: float
+    version: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+@dataclass
+class FederationResult:
+    """A finished run."""
+
+    run_id: str
+    strategy: str
+    initial_accuracy: float
+    rounds: list[RoundReport] = field(default_factory=list)
+    best_version: str | None = None
+    quantization: dict[str, Any] | None = None
+    deployable: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        out = asdict(self)
+        out["rounds"] = [r.to_dict() for r in self.rounds]
+        return out

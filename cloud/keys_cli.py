@@ -1,0 +1,168 @@
+"""``fedge keys …``: create, rotate and revoke keys; enroll devices.
+
+Every command takes ``--json`` (one JSON object on stdout) and prints key ids and paths,
+never key material. The root passphrase, when used, comes from an environment variable
+so it never appears in shell history or ``ps``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from shared.errors import FedgeError
+
+__all__ = ["cli_errors", "emit", "key_home", "keys_app"]
+
+err_console = Console(stderr=True)
+out_console = Console()
+
+keys_app = typer.Typer(
+    help="Root, release and coordinator keys; device enrollment.", no_args_is_help=True
+)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+PassEnv = Annotated[
+    str,
+    typer.Option(
+        "--root-passphrase-env",
+        help="Environment variable holding the root key passphrase (unset: no passphrase).",
+    ),
+]
+RootKey = Annotated[
+    Path | None,
+    typer.Option("--root-key", help="Root private key file, if moved offline."),
+]
+
+
+def key_home() -> Any:
+    """The key home of the current settings: ``$FEDGE_HOME/keys``."""
+    from cloud.config import Settings
+    from cloud.keys import KeyHome
+
+    return KeyHome(Settings().home / "keys")
+
+
+@contextmanager
+def cli_errors() -> Iterator[None]:
+    """Turn fedge errors into a one-line message and exit code 2."""
+    try:
+        yield
+    except FedgeError as exc:
+        err_console.print(f"[bold red]error[/] ({exc.code}): {exc.message}", highlight=False)
+        raise typer.Exit(2) from exc
+
+
+def emit(result: dict[str, Any], as_json: bool) -> None:
+    """Print ``result`` as JSON or as ``key: value`` lines."""
+    if as_json:
+        print(json.dumps(result, sort_keys=True))
+        return
+    for k, v in result.items():
+        out_console.print(f"[bold]{k}[/]: {v}", highlight=False)
+
+
+def _passphrase(env: str) -> bytes | None:
+    value = os.environ.get(env) if env else None
+    return value.encode() if value else None
+
+
+@keys_app.command("init")
+def init(
+    host: Annotated[
+        list[str] | None,
+        typer.Option("--host", help="Broker host name/IP for its TLS cert (repeatable)."),
+    ] = None,
+    root_passphrase_env: PassEnv = "FEDGE_ROOT_PASSPHRASE",
+    release_days: Annotated[int, typer.Option(help="Release key validity in days.")] = 365,
+    as_json: JsonFlag = False,
+) -> None:
+    """Create the root, release and coordinator keys, the broker CA and server certificate."""
+    from cloud.keys import DEFAULT_HOSTS
+
+    with cli_errors():
+        hosts = tuple(dict.fromkeys([*DEFAULT_HOSTS, *(host or [])]))
+        result = key_home().init(
+            hosts=hosts,
+            root_passphrase=_passphrase(root_passphrase_env),
+            release_days=release_days,
+        )
+        result["note"] = "move keys/root/root.key offline; devices pin keys/root/root.pub"
+        emit(result, as_json)
+
+
+@keys_app.command("rotate-release")
+def rotate_release(
+    revoke_old: Annotated[bool, typer.Option(help="Also revoke the previous key.")] = False,
+    days: Annotated[int, typer.Option(help="Validity of the new key in days.")] = 365,
+    root_key: RootKey = None,
+    root_passphrase_env: PassEnv = "FEDGE_ROOT_PASSPHRASE",
+    as_json: JsonFlag = False,
+) -> None:
+    """Issue a new root-certified release key and make it the signing key."""
+    with cli_errors():
+        emit(
+            key_home().rotate_release(
+                root_passphrase=_passphrase(root_passphrase_env),
+                root_key=root_key,
+                revoke_old=revoke_old,
+                days=days,
+            ),
+            as_json,
+        )
+
+
+@keys_app.command("revoke")
+def revoke(
+    key_id: Annotated[str, typer.Argument(help="Key id (64 hex) of a release/coordinator key.")],
+    root_key: RootKey = None,
+    root_passphrase_env: PassEnv = "FEDGE_ROOT_PASSPHRASE",
+    as_json: JsonFlag = False,
+) -> None:
+    """Add a signing key to the root-signed revocation list (devices refuse it)."""
+    with cli_errors():
+        emit(
+            key_home().revoke_key(
+                key_id, root_passphrase=_passphrase(root_passphrase_env), root_key=root_key
+            ),
+            as_json,
+        )
+
+
+@keys_app.command("enroll-device")
+def enroll_device(
+    device_id: Annotated[str, typer.Argument(help="Device id ([A-Za-z0-9_.-], ≤ 64).")],
+    hardware_id: Annotated[str, typer.Option("--hardware-id", help="Hardware id.")],
+    group: Annotated[
+        list[str] | None, typer.Option("--group", help="Group membership (repeatable).")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Create a device's key pairs and broker credentials; write its bundle directory."""
+    with cli_errors():
+        emit(
+            key_home().enroll_device(device_id, hardware_id=hardware_id, groups=group or []),
+            as_json,
+        )
+
+
+@keys_app.command("revoke-device")
+def revoke_device(
+    device_id: Annotated[str, typer.Argument(help="Enrolled device id.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Revoke a device: rewrite broker passwd/ACL and SIGHUP a running broker."""
+    from cloud.broker_cli import broker_files
+
+    with cli_errors():
+        home = key_home()
+        result = home.revoke_device(device_id)
+        result |= broker_files().refresh(home)
+        emit(result, as_json)
