@@ -80,7 +80,11 @@ class Outbox:
         self._max = max_messages
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
+            # One user at a time by design (the agent loop), but it may be built on one
+            # thread and run on another, hence check_same_thread=False.
+            self._db = sqlite3.connect(
+                self.path, isolation_level=None, timeout=5.0, check_same_thread=False
+            )
             self._db.execute("PRAGMA journal_mode=WAL")
             # FULL: a committed message survives a power cut too, not only a process kill.
             self._db.execute("PRAGMA synchronous=FULL")

@@ -13,7 +13,9 @@ from typing import Annotated
 
 import typer
 
+from cloud.broker_cli import broker_app
 from cloud.cli import cloud_app, models_app
+from cloud.keys_cli import keys_app
 
 app = typer.Typer(
     name="fedge",
@@ -23,6 +25,8 @@ app = typer.Typer(
 )
 app.add_typer(cloud_app, name="cloud")
 app.add_typer(models_app, name="models")
+app.add_typer(keys_app, name="keys")
+app.add_typer(broker_app, name="broker")
 
 try:  # the edge agent's commands (absent only in a partial checkout)
     from edge.cli import edge_app

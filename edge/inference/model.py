@@ -126,9 +126,16 @@ class LoadedModel:
             self._q_inv_scale = np.float32(1.0 / self._in_q.scale)
             self._q_zero = np.float32(self._in_q.zero_point)
             self._q_lo, self._q_hi = np.float32(info.min), np.float32(info.max)
+        self._dq_lut: np.ndarray | None = None
         if self._out_q is not None:
             self._dq_scale = np.float32(self._out_q.scale)
             self._dq_zero = np.float32(self._out_q.zero_point)
+            out_dtype = np.dtype(out["dtype"])
+            if out_dtype.itemsize == 1:
+                # 8-bit output: a 256-entry table indexed by the raw byte dequantizes in one
+                # numpy call instead of three (it matters at ~20 µs per request).
+                codes = np.arange(256, dtype=np.uint8).view(out_dtype).astype(np.float32)
+                self._dq_lut = (codes - self._dq_zero) * self._dq_scale
         self.info = ModelInfo(
             version=version,
             sha256=hashlib.sha256(content).hexdigest(),
@@ -202,11 +209,16 @@ class LoadedModel:
             RequestError: wrong type, shape or dtype, or non-finite values.
         """
         q = self._prepare(x)
-        lock, interpreter = self._replicas[next(self._next) % len(self._replicas)]
+        replicas = self._replicas
+        lock, interpreter = (
+            replicas[next(self._next) % len(replicas)] if len(replicas) > 1 else replicas[0]
+        )
         with lock:
             interpreter.set_tensor(self._in_index, q)
             interpreter.invoke()
             out: np.ndarray = interpreter.get_tensor(self._out_index)  # a copy
+        if dequantize and self._dq_lut is not None:
+            return self._dq_lut[out.view(np.uint8)]
         if dequantize and self._out_q is not None:
             real: np.ndarray = (out.astype(np.float32) - self._dq_zero) * self._dq_scale
             return real

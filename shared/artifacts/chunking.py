@@ -29,6 +29,7 @@ __all__ = [
     "MAX_CHUNK_MESSAGE_BYTES",
     "SealedChunk",
     "chunk_ad",
+    "is_artifact_id",
     "sealed_chunk_from_bytes",
     "sealed_chunk_to_bytes",
     "split",

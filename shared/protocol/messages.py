@@ -30,6 +30,8 @@ __all__ = [
     "MessageKind",
     "StatusMessage",
     "TelemetryMessage",
+    "UpdateInfo",
+    "UpdateOutcome",
     "new_msg_id",
 ]
 
@@ -75,6 +77,32 @@ class _Envelope(BaseModel):
     sent_at: Seconds
 
 
+class UpdateOutcome(StrEnum):
+    """What the updater last did with a delivered manifest (see ``docs/protocol.md`` §9)."""
+
+    DOWNLOADING = "downloading"  # manifest verified, chunks being collected
+    CHUNK_REJECTED = "chunk_rejected"  # one chunk refused; the download continues
+    UP_TO_DATE = "up_to_date"  # the manifest of the installed version (e.g. retained)
+    COMMITTED = "committed"  # installed, probation passed, state committed
+    FAILED = "failed"  # refused or reverted: the previous model still serves
+
+
+class UpdateInfo(BaseModel):
+    """The updater's latest outcome, carried in a :class:`StatusMessage`.
+
+    Attributes:
+        version: The manifest version the outcome is about.
+        outcome: What happened.
+        reason: The error's stable ``code`` (e.g. ``hash_mismatch``), when refused.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: Annotated[int, Field(ge=0, le=2**53)]
+    outcome: UpdateOutcome
+    reason: Annotated[str, Field(pattern=r"^[a-z0-9_]{1,64}$")] | None = None
+
+
 class StatusMessage(_Envelope):
     """Retained device status on ``devices/{id}/status``; also the last will (``offline``).
 
@@ -84,6 +112,7 @@ class StatusMessage(_Envelope):
         slot: Active A/B slot name, if the updater manages slots.
         last_error: Short description of the last error (never a payload or key).
         hardware_id: Hardware revision from the device profile.
+        update: The updater's latest outcome, if it has handled a manifest.
     """
 
     kind: Literal[MessageKind.STATUS] = MessageKind.STATUS
@@ -92,6 +121,7 @@ class StatusMessage(_Envelope):
     slot: Annotated[str, Field(max_length=16)] | None = None
     last_error: Annotated[str, Field(max_length=1024)] | None = None
     hardware_id: Annotated[str, Field(max_length=128)] | None = None
+    update: UpdateInfo | None = None
 
 
 class LatencyStats(BaseModel):

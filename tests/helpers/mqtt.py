@@ -47,7 +47,9 @@ class Recorder:
         with self._lock:
             return list(self.messages)
 
-    def wait_for(self, predicate: Callable[[list[Received]], bool], timeout: float = 15.0) -> list[Received]:
+    def wait_for(
+        self, predicate: Callable[[list[Received]], bool], timeout: float = 15.0
+    ) -> list[Received]:
         """Poll until ``predicate(messages)`` holds; raise AssertionError on timeout."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

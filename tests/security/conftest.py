@@ -1,0 +1,170 @@
+"""A real Mosquitto started from the configuration ``fedge broker config`` generates.
+
+Uses the product code (``cloud.keys``, ``cloud.broker``) end to end: key home, device
+enrollment, TLS, password and ACL files, SIGHUP reload. Module-scoped: one broker serves
+every ACL test (keeps the suite fast on shared CPUs).
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from cloud.broker import BrokerFiles, start_broker, write_broker_config
+from cloud.keys import COORDINATOR_USER, KeyHome
+from tests.helpers.mosquitto import free_port
+
+
+@dataclass
+class FleetBroker:
+    """The running broker and the key home it was generated from."""
+
+    home: KeyHome
+    files: BrokerFiles
+    port: int
+    proc: subprocess.Popen[bytes]
+
+    def bundle(self, user: str) -> Path:
+        return (
+            self.home.path / "coordinator"
+            if user == COORDINATOR_USER
+            else (self.home.device_dir(user))
+        )
+
+    def password(self, user: str) -> str:
+        name = "broker.password"
+        return (self.bundle(user) / name).read_text().strip()
+
+
+@dataclass
+class Client:
+    """A connected paho client that records what it receives and its ack codes."""
+
+    client: mqtt.Client
+    connack: str | None = None
+    messages: list[tuple[str, bytes]] = field(default_factory=list)
+    suback: dict[int, list[int]] = field(default_factory=dict)
+    puback: dict[int, int] = field(default_factory=dict)
+    disconnected: threading.Event = field(default_factory=threading.Event)
+    acked: threading.Condition = field(default_factory=threading.Condition)
+
+    def wait(self, predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
+        with self.acked:
+            return self.acked.wait_for(predicate, timeout)
+
+    def subscribe(self, topic: str) -> list[int]:
+        _, mid = self.client.subscribe(topic, qos=1)
+        assert self.wait(lambda: mid in self.suback)
+        return self.suback[mid]
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> int:
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        assert self.wait(lambda: info.mid in self.puback)
+        return self.puback[info.mid]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def connect(
+    broker: FleetBroker,
+    user: str | None,
+    password: str | None = None,
+    *,
+    cert_of: str | None = None,
+    client_id: str | None = None,
+) -> Client:
+    """Connect with ``user``'s credentials (or none); ``cert_of`` picks the TLS client cert."""
+    c = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id or f"t-{user}-{time.time_ns()}",
+        protocol=mqtt.MQTTv5,
+    )
+    rec = Client(c)
+    bundle = broker.bundle(cert_of or user or "dev-a")
+    prefix = "broker" if (cert_of or user) == COORDINATOR_USER else "client"
+    c.tls_set(
+        ca_certs=str(broker.home.tls_dir / "ca.crt"),
+        certfile=str(bundle / f"{prefix}.crt"),
+        keyfile=str(bundle / f"{prefix}.key"),
+    )
+    if user is not None:
+        c.username_pw_set(user, password if password is not None else broker.password(user))
+
+    def on_connect(cl, ud, flags, reason, props):  # type: ignore[no-untyped-def]
+        with rec.acked:
+            rec.connack = str(reason)
+            rec.acked.notify_all()
+
+    def on_subscribe(cl, ud, mid, codes, props):  # type: ignore[no-untyped-def]
+        with rec.acked:
+            rec.suback[mid] = [int(code.value) for code in codes]
+            rec.acked.notify_all()
+
+    def on_publish(cl, ud, mid, reason, props):  # type: ignore[no-untyped-def]
+        with rec.acked:
+            rec.puback[mid] = int(reason.value)
+            rec.acked.notify_all()
+
+    def on_message(cl, ud, msg):  # type: ignore[no-untyped-def]
+        with rec.acked:
+            rec.messages.append((msg.topic, msg.payload))
+            rec.acked.notify_all()
+
+    def on_disconnect(cl, ud, flags, reason, props):  # type: ignore[no-untyped-def]
+        rec.disconnected.set()
+        with rec.acked:
+            rec.acked.notify_all()
+
+    c.on_connect, c.on_subscribe, c.on_publish = on_connect, on_subscribe, on_publish
+    c.on_message, c.on_disconnect = on_message, on_disconnect
+    try:
+        c.connect("127.0.0.1", broker.port)
+    except OSError:
+        rec.connack = "tls-refused"
+        return rec
+    c.loop_start()
+    rec.wait(lambda: rec.connack is not None or rec.disconnected.is_set())
+    if rec.connack is None:
+        rec.connack = "tls-refused"
+    return rec
+
+
+@pytest.fixture(scope="module")
+def fleet_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetBroker]:
+    base = tmp_path_factory.mktemp("fleet")
+    home = KeyHome(base / "keys")
+    home.init()
+    home.enroll_device("dev-a", hardware_id="hw-a", groups=["kitchen"])
+    home.enroll_device("dev-b", hardware_id="hw-a", groups=["garage"])
+    home.enroll_device("dev-c", hardware_id="hw-a")
+    port = free_port()
+    files = write_broker_config(home, base / "broker", port=port)
+    proc = start_broker(files)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("mosquitto did not start") from None
+            time.sleep(0.05)
+    yield FleetBroker(home, files, port, proc)
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
