@@ -16,6 +16,8 @@ import typer
 from cloud.broker_cli import broker_app
 from cloud.cli import cloud_app, models_app
 from cloud.keys_cli import keys_app
+from cloud.publish_cli import register as register_publish
+from edge.cli import edge_app
 
 app = typer.Typer(
     name="fedge",
@@ -23,17 +25,12 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+register_publish(cloud_app)
 app.add_typer(cloud_app, name="cloud")
 app.add_typer(models_app, name="models")
 app.add_typer(keys_app, name="keys")
 app.add_typer(broker_app, name="broker")
-
-try:  # the edge agent's commands (absent only in a partial checkout)
-    from edge.cli import edge_app
-
-    app.add_typer(edge_app, name="edge")
-except ImportError:  # pragma: no cover
-    pass
+app.add_typer(edge_app, name="edge")
 
 
 @app.callback()

@@ -1,0 +1,75 @@
+"""``fedge cloud publish VERSION --devices ID… | --group NAME [--json]``.
+
+Register it on the cloud app with :func:`register` (``cloud/cli.py`` owns the app).
+Exit code 0 when every device committed, 1 when any failed or timed out, 2 on an error.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+
+from shared.errors import ConfigError, FedgeError
+
+__all__ = ["publish_cmd", "register"]
+
+
+def _split(values: list[str] | None) -> list[str]:
+    # Accept both `--devices a --devices b` and `--devices a,b`.
+    return [v for raw in values or [] for v in raw.split(",") if v]
+
+
+def publish_cmd(
+    version: Annotated[str, typer.Argument(help="MODEL@N (or MODEL for its latest version).")],
+    devices: Annotated[
+        list[str] | None,
+        typer.Option("--devices", "-d", help="Target device id (repeat, or comma-separate)."),
+    ] = None,
+    group: Annotated[str | None, typer.Option("--group", help="Every device of a group.")] = None,
+    broker: Annotated[
+        str,
+        typer.Option("--broker", envvar="FEDGE_BROKER", help="Broker TLS listener host:port."),
+    ] = "127.0.0.1:8883",
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait.")] = 120.0,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Send an approved (never a rejected) artifact to devices and report per-device outcome."""
+    from cloud.config import Settings
+    from cloud.keys import KeyHome
+    from cloud.publisher import Outcome, Publisher, select_devices
+    from cloud.registry import Registry
+
+    try:
+        host, _, port = broker.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"--broker must be host:port, got {broker!r}")
+        settings = Settings()
+        home = KeyHome(settings.home / "keys")
+        targets = select_devices(home, _split(devices), group)
+        registry = Registry.from_settings(settings)
+        try:
+            report = Publisher(registry, home, host=host, port=int(port)).publish(
+                version, targets, timeout_s=timeout
+            )
+        finally:
+            registry.close()
+    except FedgeError as exc:
+        typer.echo(f"error ({exc.code}): {exc.message}", err=True)
+        raise typer.Exit(2) from exc
+    if json_out:
+        sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
+    else:
+        for result in report.devices.values():
+            reason = f" ({result.reason})" if result.reason else ""
+            typer.echo(f"{result.device_id}: {result.outcome}{reason} [{result.encoding}]")
+        typer.echo(f"{report.bytes_sent} bytes sent in {report.seconds:.1f} s")
+    if any(r.outcome is not Outcome.COMMITTED for r in report.devices.values()):
+        raise typer.Exit(1)
+
+
+def register(cloud_app: typer.Typer) -> None:
+    """Add ``publish`` to the ``fedge cloud`` app."""
+    cloud_app.command("publish")(publish_cmd)

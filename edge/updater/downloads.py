@@ -1,0 +1,91 @@
+"""Persistent partial downloads: ``downloads/<artifact_id>/`` holds the manifest and chunks.
+
+Only already-verified data is written here (the signed manifest envelope, and chunk bodies
+that passed checks A1-A3), and never into an install slot. After a restart the updater
+re-verifies the manifest and every stored chunk (rule D1: disk is not trusted more than
+the wire), so a chunk corrupted on disk is simply fetched again.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from edge.updater.fsutil import remove_tree, write_atomic
+from shared.artifacts import ArtifactAssembler, AssemblyState, SealedChunk
+from shared.artifacts.chunking import is_artifact_id
+from shared.artifacts.trust import Envelope
+from shared.errors import ProtocolError, SecurityError
+
+__all__ = ["DownloadStore"]
+
+logger = logging.getLogger(__name__)
+
+_CHUNK = re.compile(r"^chunk-(\d{4})\.bin$")
+
+
+class DownloadStore:
+    """The ``downloads`` directory of one device."""
+
+    def __init__(self, directory: Path) -> None:
+        self.root = directory
+
+    def _dir(self, artifact_id: str) -> Path:
+        if not is_artifact_id(artifact_id):  # never build a path from an unchecked id
+            raise ProtocolError("invalid artifact id")
+        return self.root / artifact_id
+
+    def pending(self) -> list[tuple[str, Envelope]]:
+        """Downloads on disk with a readable manifest (not yet re-verified)."""
+        out: list[tuple[str, Envelope]] = []
+        if not self.root.is_dir():
+            return out
+        for d in sorted(self.root.iterdir()):
+            manifest = d / "manifest.json"
+            if not (d.is_dir() and is_artifact_id(d.name) and manifest.is_file()):
+                remove_tree(d) if d.is_dir() else d.unlink(missing_ok=True)
+                continue
+            try:
+                out.append((d.name, Envelope.model_validate_json(manifest.read_bytes())))
+            except (OSError, ValueError):
+                logger.warning("dropping unreadable download %s", d.name)
+                remove_tree(d)
+        return out
+
+    def begin(self, artifact_id: str, envelope: Envelope) -> None:
+        """Record a verified manifest so the download survives a restart."""
+        data = envelope.model_dump_json(exclude_none=True).encode()
+        write_atomic(self._dir(artifact_id) / "manifest.json", data)
+
+    def save_chunk(self, chunk: SealedChunk) -> None:
+        """Persist one accepted chunk body (rule F1)."""
+        write_atomic(self._dir(chunk.artifact_id) / f"chunk-{chunk.index:04d}.bin", chunk.body)
+
+    def restore(self, assembler: ArtifactAssembler) -> AssemblyState:
+        """Rebuild the assembly state from disk, re-checking each chunk (rule D1)."""
+        m = assembler.manifest
+        state = assembler.start()
+        d = self._dir(m.artifact_id)
+        for path in sorted(d.glob("chunk-*.bin")):
+            match = _CHUNK.match(path.name)
+            try:
+                if match is None:
+                    raise ProtocolError("unexpected file")
+                chunk = SealedChunk(m.artifact_id, int(match[1]), m.chunk_count, path.read_bytes())
+                state, _ = assembler.add(state, chunk)
+            except (OSError, ProtocolError, SecurityError):
+                logger.warning("discarding stored chunk %s of %s", path.name, m.artifact_id)
+                path.unlink(missing_ok=True)
+        return state
+
+    def discard(self, artifact_id: str) -> None:
+        """Delete a download (finished, superseded or refused)."""
+        remove_tree(self._dir(artifact_id))
+
+    def discard_all(self, keep: str | None = None) -> None:
+        """Delete every download except ``keep``."""
+        if self.root.is_dir():
+            for d in self.root.iterdir():
+                if d.name != keep:
+                    remove_tree(d) if d.is_dir() else d.unlink(missing_ok=True)

@@ -1,0 +1,453 @@
+"""The update engine without a broker: a fake link, a fake clock, a recording probation.
+
+Every attack test asserts the reason code AND that nothing on disk changed (state, slots,
+the model serving). Crash safety is tested by failing at every fsync/rename an update
+performs (a simulated SIGKILL), then restarting the updater from disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import random
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge.updater import Slot, Updater, UpdateReport
+from shared.artifacts import Envelope, Release, chunk_ad, unwrap_content_key
+from shared.crypto import SigningKey, encrypt
+from shared.errors import ModelLoadError
+from shared.protocol.delivery import (
+    ManifestMessage,
+    ResendRequest,
+    decode_delivery_as,
+    encode_chunk,
+    encode_delivery,
+)
+from shared.protocol.messages import UpdateOutcome
+from tests.helpers.release import HW, NOW, Fleet, artifact
+
+V1 = artifact(30_000, seed=1)
+V2 = artifact(40_000, seed=2)
+CHUNK = 2048
+
+
+@dataclass
+class FakeLink:
+    """Records what the updater publishes and subscribes to."""
+
+    published: list[tuple[str, bytes]] = field(default_factory=list)
+    subscriptions: set[str] = field(default_factory=set)
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        self.published.append((topic, payload))
+
+    def subscribe(self, topic: str) -> None:
+        self.subscriptions.add(topic)
+
+    def unsubscribe(self, topic: str) -> None:
+        self.subscriptions.discard(topic)
+
+
+@dataclass
+class Serving:
+    """Stands in for the Predictor: 'loads' the slot file; refuses versions in ``fail``."""
+
+    fail: set[str] = field(default_factory=set)
+    current: tuple[str, bytes] | None = None
+    loads: int = 0
+
+    def __call__(self, path: Path, version: str) -> None:
+        data = path.read_bytes()
+        self.loads += 1
+        if version in self.fail:
+            raise ModelLoadError(f"smoke test failed for {version}")
+        self.current = (version, data)
+
+
+@dataclass
+class Device:
+    """One updater under test with its fakes, rebuilt from disk by :meth:`restart`."""
+
+    fleet: Fleet
+    state_dir: Path
+    link: FakeLink = field(default_factory=FakeLink)
+    serving: Serving = field(default_factory=Serving)
+    reports: list[UpdateReport] = field(default_factory=list)
+    clock: list[float] = field(default_factory=lambda: [float(NOW)])
+    max_model_bytes: int = 1_000_000
+    updater: Any = None
+
+    def restart(self) -> Updater:
+        self.updater = Updater(
+            device_id="dev-a",
+            hardware_id=HW,
+            box_key=self.fleet.devices["dev-a"],
+            trust=self.fleet.trust(),
+            max_model_bytes=self.max_model_bytes,
+            precisions=("int8",),
+            state_dir=self.state_dir,
+            link=self.link,
+            activate=self.serving,
+            on_status=self.reports.append,
+            now=lambda: self.clock[0],
+            quiet_s=2.0,
+        )
+        active = self.updater.active_model()
+        self.serving.current = (active[1], active[0].read_bytes()) if active else None
+        return self.updater
+
+    def deliver(self, release: Release, envelope: Envelope | None = None) -> None:
+        self.updater.handle_manifest(manifest_payload(self.fleet, release, envelope))
+        for chunk in release.chunks:
+            self.updater.handle_chunk(encode_chunk(chunk))
+
+    @property
+    def last(self) -> UpdateReport:
+        return self.reports[-1]
+
+
+def manifest_payload(fleet: Fleet, release: Release, envelope: Envelope | None = None) -> bytes:
+    env = envelope or fleet.sign(release.manifest.for_devices(["dev-a"]))
+    return encode_delivery(ManifestMessage(device_id="dev-a", sent_at=NOW, envelope=env))
+
+
+def snapshot(state_dir: Path) -> dict[str, bytes]:
+    """Every committed file: state.json and the slots."""
+    out = {p.name: p.read_bytes() for p in (state_dir / "slots").glob("*")}
+    out["state.json"] = (state_dir / "state.json").read_bytes()
+    return out
+
+
+@pytest.fixture()
+def fleet() -> Fleet:
+    return Fleet()
+
+
+@pytest.fixture()
+def v1(fleet: Fleet) -> Release:
+    return fleet.build(V1, 1, chunk_size=CHUNK)
+
+
+@pytest.fixture()
+def v2(fleet: Fleet) -> Release:
+    return fleet.build(V2, 2, chunk_size=CHUNK)
+
+
+@pytest.fixture()
+def device(fleet: Fleet, v1: Release, tmp_path: Path) -> Device:
+    """dev-a with v1 committed through the updater itself."""
+    dev = Device(fleet, tmp_path / "state")
+    dev.restart()
+    dev.deliver(v1)
+    assert dev.last.outcome is UpdateOutcome.COMMITTED
+    return dev
+
+
+def test_happy_path_commits_into_a_slot(fleet: Fleet, v1: Release, tmp_path: Path) -> None:
+    dev = Device(fleet, tmp_path / "s")
+    dev.restart()
+    assert dev.updater.active_model() is None
+    dev.deliver(v1)
+    assert [r.outcome for r in dev.reports] == [UpdateOutcome.DOWNLOADING, UpdateOutcome.COMMITTED]
+    assert dev.serving.current == ("1", V1)
+    path, version = dev.updater.active_model()
+    assert version == "1" and path.read_bytes() == V1
+    assert dev.updater.state.floor == 1
+    assert not list((tmp_path / "s" / "downloads").iterdir())  # download cleaned up
+    assert not dev.link.subscriptions  # chunk topic dropped after commit
+
+
+def test_second_version_goes_to_the_other_slot(device: Device, v2: Release) -> None:
+    first = device.updater.state.active
+    device.deliver(v2)
+    assert device.last.outcome is UpdateOutcome.COMMITTED
+    assert device.updater.state.active is first.other
+    assert set(device.updater.state.slots) == {Slot.A, Slot.B}  # v1 kept for rollback
+    assert device.serving.current == ("2", V2)
+
+
+def test_retained_manifest_of_installed_version_is_up_to_date(device: Device, v1: Release) -> None:
+    before, loads = snapshot(device.state_dir), device.serving.loads
+    device.updater.handle_manifest(manifest_payload(device.fleet, v1))
+    assert device.last.outcome is UpdateOutcome.UP_TO_DATE
+    assert device.serving.loads == loads and snapshot(device.state_dir) == before
+
+
+def test_chunks_out_of_order_and_duplicated(device: Device, v2: Release) -> None:
+    device.updater.handle_manifest(manifest_payload(device.fleet, v2))
+    chunks = list(v2.chunks) * 2
+    random.Random(4).shuffle(chunks)
+    loads = device.serving.loads
+    for chunk in chunks:
+        device.updater.handle_chunk(encode_chunk(chunk))
+    assert device.serving.loads == loads + 1  # installed exactly once
+    assert device.serving.current == ("2", V2)
+
+
+def test_resume_after_restart_asks_only_for_missing(device: Device, v2: Release) -> None:
+    assert v2.manifest.chunk_count >= 4
+    device.updater.handle_manifest(manifest_payload(device.fleet, v2))
+    for chunk in v2.chunks[::2]:
+        device.updater.handle_chunk(encode_chunk(chunk))
+    held = set(range(0, v2.manifest.chunk_count, 2))
+    device.restart()  # the agent restarted: no manifest re-delivery needed
+    expected = tuple(i for i in range(v2.manifest.chunk_count) if i not in held)
+    assert device.updater.missing() == expected
+    device.updater.tick()
+    topic, payload = device.link.published[-1]
+    assert topic == "fedge/v1/devices/dev-a/requests"
+    request = decode_delivery_as(payload, ResendRequest)
+    assert request.missing == expected and request.artifact_id == v2.manifest.artifact_id
+    for i in expected:
+        device.updater.handle_chunk(encode_chunk(v2.chunks[i]))
+    assert device.last.outcome is UpdateOutcome.COMMITTED
+    assert device.serving.current == ("2", V2)
+
+
+def test_resend_waits_for_the_quiet_period(device: Device, v2: Release) -> None:
+    device.updater.handle_manifest(manifest_payload(device.fleet, v2))
+    device.updater.handle_chunk(encode_chunk(v2.chunks[0]))
+    device.updater.tick()
+    assert not device.link.published  # still within quiet_s of the last chunk
+    device.clock[0] += 2.5
+    device.updater.tick()
+    assert len(device.link.published) == 1
+
+
+def test_probation_failure_reverts_and_keeps_old_model(device: Device, v2: Release) -> None:
+    before = snapshot(device.state_dir)
+    device.serving.fail.add("2")
+    device.deliver(v2)
+    assert device.last.outcome is UpdateOutcome.FAILED
+    assert device.last.reason == "model_load_failed"
+    assert device.serving.current == ("1", V1)
+    # The rollback target's record was given up for the candidate; the committed slot is
+    # byte-identical and the floor did not rise.
+    assert device.updater.state.floor == 1
+    active = device.updater.state.active
+    assert snapshot(device.state_dir)[f"{active}.tflite"] == before[f"{active}.tflite"]
+    assert not (device.state_dir / "slots" / f"{active.other}.tflite").exists()
+    assert device.restart().active_model()[1] == "1"
+
+
+# --- attacks: each refused before any slot write, nothing changed ------------------------
+
+
+def _forged_chunk(fleet: Fleet, release: Release) -> bytes:
+    """Chunk 0 re-encrypted by another recipient: right length, valid GCM tag, wrong hash."""
+    m = release.manifest
+    key = unwrap_content_key(m, "dev-b", fleet.devices["dev-b"])
+    plain = os.urandom(m.chunk_plain_length(0))
+    body = encrypt(key, plain, chunk_ad(m.artifact_id, 0, m.chunk_count))
+    forged = release.chunks[0].__class__(m.artifact_id, 0, m.chunk_count, body)
+    return encode_chunk(forged)
+
+
+Attack = Callable[[Device, Fleet, Release, Release], None]
+
+
+def _rollback(dev: Device, fleet: Fleet, v1: Release, v2: Release) -> None:
+    dev.deliver(v1)  # with v2 installed (floor 2): the old, validly signed v1 again
+
+
+def _replay(dev: Device, fleet: Fleet, v1: Release, v2: Release) -> None:
+    dev.deliver(fleet.build(V2, 1, chunk_size=CHUNK))  # same version, other artifact
+
+
+def _expired(dev: Device, fleet: Fleet, v1: Release, v2: Release) -> None:
+    dev.clock[0] = NOW + 3600
+    dev.deliver(v2)
+
+
+def _wrong_hw(dev: Device, fleet: Fleet, v1: Release, v2: Release) -> None:
+    dev.deliver(fleet.build(V2, 2, chunk_size=CHUNK, hardware_ids=["hw-other"]))
+
+
+def _tampered_manifest(dev: Device, fleet: Fleet, v1: Release, v2: Release) -> None:
+    env = fleet.sign(v2.manifest.for_devices(["dev-a"]))
+    evil = v2.manifest.for_devices(["dev-a"]).model_copy(update={"length": 1})
+    dev.deliver(v2, env.model_copy(update={"payload": fleet.sign(evil).payload}))
+
+
+def _untrusted_key(dev: Device, fleet: Fleet, v1: Release, v2: Release) -> None:
+    rogue = SigningKey.generate()
+    cert = fleet.cert(rogue, by=SigningKey.generate())
+    dev.deliver(v2, fleet.sign(v2.manifest.for_devices(["dev-a"]), rogue, cert))
+
+
+def _oversized(dev: Device, fleet: Fleet, v1: Release, v2: Release) -> None:
+    dev.max_model_bytes = len(V2) - 1
+    dev.restart()
+    dev.deliver(v2)
+
+
+def _wrong_recipient(dev: Device, fleet: Fleet, v1: Release, v2: Release) -> None:
+    dev.deliver(v2, fleet.sign(v2.manifest.for_devices(["dev-b"])))
+
+
+def _tampered_chunk(dev: Device, fleet: Fleet, v1: Release, v2: Release) -> None:
+    dev.updater.handle_manifest(manifest_payload(fleet, v2))
+    dev.updater.handle_chunk(_forged_chunk(fleet, v2))
+
+
+@pytest.mark.parametrize(
+    ("attack", "code"),
+    [
+        (_rollback, "rollback"),
+        (_replay, "replay"),
+        (_expired, "expired_manifest"),
+        (_wrong_hw, "wrong_hardware"),
+        (_tampered_manifest, "bad_signature"),
+        (_untrusted_key, "untrusted_key"),
+        (_oversized, "model_too_large"),
+        (_wrong_recipient, "wrong_recipient"),
+        (_tampered_chunk, "hash_mismatch"),
+    ],
+)
+def test_attack_refused_and_nothing_changed(
+    device: Device, fleet: Fleet, v1: Release, v2: Release, attack: Attack, code: str
+) -> None:
+    if attack is _rollback:  # the baseline for a rollback is v2 installed
+        device.deliver(v2)
+    before, serving = snapshot(device.state_dir), device.serving.current
+    reports = len(device.reports)
+    attack(device, fleet, v1, v2)
+    assert code in [r.reason for r in device.reports[reports:]]
+    assert snapshot(device.state_dir) == before
+    assert device.serving.current == serving
+    assert device.restart().active_model()[1] == serving[0]
+
+
+def test_tampered_chunk_does_not_stop_the_genuine_download(device: Device, v2: Release) -> None:
+    device.updater.handle_manifest(manifest_payload(device.fleet, v2))
+    device.updater.handle_chunk(_forged_chunk(device.fleet, v2))
+    assert device.last.outcome is UpdateOutcome.CHUNK_REJECTED
+    assert 0 in device.updater.missing()
+    for chunk in v2.chunks:
+        device.updater.handle_chunk(encode_chunk(chunk))
+    assert device.serving.current == ("2", V2)
+
+
+def test_corrupted_stored_chunk_is_fetched_again(device: Device, v2: Release) -> None:
+    device.updater.handle_manifest(manifest_payload(device.fleet, v2))
+    for chunk in v2.chunks[:3]:
+        device.updater.handle_chunk(encode_chunk(chunk))
+    stored = device.state_dir / "downloads" / v2.manifest.artifact_id / "chunk-0001.bin"
+    stored.write_bytes(b"\0" * len(stored.read_bytes()))  # bit rot on disk
+    device.restart()
+    assert device.updater.missing()[0] == 1
+
+
+# --- crash safety ------------------------------------------------------------------------
+
+
+class Crash(BaseException):
+    """A simulated SIGKILL: not an Exception, so no handler in the updater catches it."""
+
+
+@dataclass
+class CrashAt:
+    """Fails the ``at``-th fsync/rename; an fsync crash first drops the unsynced data."""
+
+    at: int
+    seen: int = 0
+
+    def _step(self) -> None:
+        self.seen += 1
+        if self.seen == self.at:
+            raise Crash
+
+    def install(self, mp: pytest.MonkeyPatch) -> None:
+        real_fsync, real_replace = os.fsync, os.replace
+
+        def fsync(fd: int) -> None:
+            if self.seen + 1 == self.at:
+                # Torn write: the page cache never reached the disk (no-op on a directory).
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, os.fstat(fd).st_size // 2)
+            self._step()
+            real_fsync(fd)
+
+        def replace(src: Any, dst: Any) -> None:
+            self._step()
+            real_replace(src, dst)
+
+        mp.setattr(os, "fsync", fsync)
+        mp.setattr(os, "replace", replace)
+
+
+@pytest.fixture()
+def crash_template(device: Device, tmp_path: Path) -> Path:
+    """A state directory with v1 committed, copied for each crash run."""
+    template = tmp_path / "template"
+    shutil.copytree(device.state_dir, template)
+    return template
+
+
+def _count_steps(fleet: Fleet, template: Path, v2: Release, tmp_path: Path) -> int:
+    dev = Device(fleet, tmp_path / "count")
+    shutil.copytree(template, dev.state_dir)
+    dev.restart()
+    counter = CrashAt(at=0)
+    with pytest.MonkeyPatch.context() as mp:
+        counter.install(mp)
+        dev.deliver(v2)
+    assert dev.last.outcome is UpdateOutcome.COMMITTED
+    return counter.seen
+
+
+def test_crash_at_every_step_recovers_to_a_committed_model(
+    fleet: Fleet, crash_template: Path, v2: Release, tmp_path: Path
+) -> None:
+    steps = _count_steps(fleet, crash_template, v2, tmp_path)
+    assert steps >= 20  # manifest, every chunk, slot and state each take several steps
+    outcomes: set[str] = set()
+    for at in [*range(1, steps + 1), -1]:  # -1: killed inside probation
+        dev = Device(fleet, tmp_path / f"crash{at}")
+        shutil.copytree(crash_template, dev.state_dir)
+        if at == -1:
+            dev.serving = _CrashingServing()
+        dev.restart()
+        with pytest.MonkeyPatch.context() as mp, pytest.raises(Crash):
+            CrashAt(at).install(mp)
+            dev.deliver(v2)
+        dev.serving = Serving()
+        updater = dev.restart()  # the agent comes back from disk
+        path, version = updater.active_model()
+        data = path.read_bytes()
+        record = updater.state.active_record
+        assert record is not None and record.matches(data)
+        assert (version, data) in (("1", V1), ("2", V2))
+        assert updater.state.floor == int(version)
+        assert not list(dev.state_dir.rglob(".*.tmp"))
+        outcomes.add(version)
+        dev.deliver(v2)  # the retained manifest and the chunks come again
+        assert dev.updater.active_model()[1] == "2"
+        assert dev.updater.active_model()[0].read_bytes() == V2
+    assert outcomes == {"1", "2"}  # crashes both before and after the commit point
+
+
+class _CrashingServing(Serving):
+    def __call__(self, path: Path, version: str) -> None:
+        raise Crash
+
+
+def test_delta_update_applies_to_the_installed_model(fleet: Fleet, device: Device) -> None:
+    from shared.artifacts import BaseArtifact
+
+    new = bytearray(V1)
+    new[100:140] = os.urandom(40)  # a small fine-tuning change
+    release = fleet.build(bytes(new), 2, chunk_size=CHUNK, base=BaseArtifact(1, V1))
+    assert release.manifest.encoding == "zstd_delta"
+    device.deliver(release)
+    assert device.serving.current == ("2", bytes(new))
+    assert hashlib.sha256(device.updater.active_model()[0].read_bytes()).hexdigest() == (
+        release.manifest.sha256
+    )

@@ -1,0 +1,242 @@
+"""End to end through a real Mosquitto (TLS + passwords + ACLs from ``cloud.broker``).
+
+The registry holds real int8 ``.tflite`` models; each device runs an
+:class:`~edge.updater.mqtt.UpdaterClient` with its own enrollment bundle and a real LiteRT
+:class:`~edge.inference.Predictor` as probation. The coordinator side is the product's
+:class:`~cloud.publisher.Publisher`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cloud.broker import start_broker, write_broker_config
+from cloud.keys import COORDINATOR_USER, KeyHome
+from cloud.publisher import Outcome, Publisher, PublishReport, select_devices
+from cloud.registry import ArtifactStatus, Registry, VersionSource
+from cloud.registry.registry import NewArtifact
+from edge.inference import Predictor
+from edge.keystore import load_device_keys
+from edge.updater import UpdateReport
+from edge.updater.mqtt import UpdaterClient
+from shared.artifacts import chunk_ad, sign_manifest, unwrap_content_key
+from shared.crypto import encrypt
+from shared.errors import NotDeployableError
+from shared.protocol import topics
+from shared.protocol.delivery import ManifestMessage, encode_chunk, encode_delivery
+from shared.protocol.messages import UpdateOutcome
+from tests.helpers.models import BuiltModels, build_models
+from tests.helpers.mosquitto import free_port
+from tests.security.conftest import FleetBroker, connect
+
+DEVICES = ("dev-a", "dev-b", "dev-c")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> BuiltModels:
+    cached = os.environ.get("FEDGE_TEST_MODELS_DIR")
+    return build_models(Path(cached) if cached else tmp_path_factory.mktemp("tflite"))
+
+
+def _wait_port(port: int) -> None:
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError("mosquitto did not start") from None
+            time.sleep(0.05)
+
+
+@dataclass
+class World:
+    broker: FleetBroker
+    registry: Registry
+    base: Path
+    clients: dict[str, UpdaterClient] = field(default_factory=dict)
+    predictors: dict[str, Predictor] = field(default_factory=dict)
+    reports: dict[str, list[UpdateReport]] = field(default_factory=dict)
+    gates: dict[str, threading.Event] = field(default_factory=dict)
+
+    def start_device(self, device_id: str) -> UpdaterClient:
+        predictor = Predictor()
+        self.predictors[device_id] = predictor
+        self.reports[device_id] = []
+
+        def activate(path: Path, version: str) -> None:
+            gate = self.gates.get(device_id)
+            if gate is not None:
+                gate.wait(20)
+            predictor.load(path, version)
+
+        client = UpdaterClient(
+            load_device_keys(self.broker.home.device_dir(device_id)),
+            host="127.0.0.1",
+            port=self.broker.port,
+            state_dir=self.base / "devices" / device_id,
+            max_model_bytes=4_000_000,
+            activate=activate,
+            on_report=self.reports[device_id].append,
+            quiet_s=1.0,
+        )
+        active = client.updater.active_model()
+        if active is not None:
+            predictor.load(*active)
+        client.start()
+        self.clients[device_id] = client
+        return client
+
+    def publish(self, ref: str, devices: tuple[str, ...] = DEVICES) -> PublishReport:
+        targets = select_devices(self.broker.home, list(devices), None)
+        pub = Publisher(self.registry, self.broker.home, host="127.0.0.1", port=self.broker.port)
+        return pub.publish(ref, targets, timeout_s=40, discover_s=0.5)
+
+    def restart_broker(self) -> None:
+        self.broker.proc.terminate()  # SIGTERM: mosquitto saves its persistence file
+        self.broker.proc.wait(10)
+        self.broker.proc = start_broker(self.broker.files)
+        _wait_port(self.broker.port)
+
+    def wait_report(self, device_id: str, outcome: UpdateOutcome, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(r.outcome is outcome for r in self.reports[device_id]):
+            assert time.monotonic() < deadline, f"{device_id} never reported {outcome}"
+            time.sleep(0.05)
+
+
+@pytest.fixture()
+def world(tmp_path: Path, models: BuiltModels) -> Iterator[World]:
+    home = KeyHome(tmp_path / "keys")
+    home.init()
+    for d in DEVICES:
+        home.enroll_device(d, hardware_id="hw-a")
+    port = free_port()
+    files = write_broker_config(home, tmp_path / "broker", port=port)
+    proc = start_broker(files)
+    _wait_port(port)
+    registry = Registry(f"sqlite:///{tmp_path / 'reg.db'}", tmp_path / "store")
+    for path, status in (
+        (models.int8_a, ArtifactStatus.APPROVED),
+        (models.int8_b, ArtifactStatus.APPROVED),
+        (models.int8_b, ArtifactStatus.REJECTED),
+    ):
+        art = NewArtifact("tflite", "int8", path.read_bytes(), status, reason="test")
+        registry.create_version("cnn", spec={}, source=VersionSource.TRAINED, artifacts=[art])
+    w = World(FleetBroker(home, files, port, proc), registry, tmp_path)
+    yield w
+    for client in w.clients.values():
+        client.stop()
+    registry.close()
+    w.broker.proc.terminate()
+    w.broker.proc.wait(10)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _assert_serving(world: World, device_id: str, version: str, model: Path) -> None:
+    active = world.clients[device_id].updater.active_model()
+    assert active is not None and active[1] == version
+    assert _sha(active[0]) == _sha(model)
+    _, served_by = world.predictors[device_id].predict_versioned(np.zeros((1, 1, 28, 28), "f4"))
+    assert served_by == version
+
+
+def test_publish_reaches_every_device_then_upgrades(world: World, models: BuiltModels) -> None:
+    for d in DEVICES:
+        world.start_device(d)
+    report = world.publish("cnn@1")
+    assert {d: r.outcome for d, r in report.devices.items()} == dict.fromkeys(
+        DEVICES, Outcome.COMMITTED
+    )
+    for d in DEVICES:
+        _assert_serving(world, d, "1", models.int8_a)
+    report = world.publish("cnn@2")  # the devices now report v1: a delta is tried
+    assert all(r.outcome is Outcome.COMMITTED for r in report.devices.values())
+    assert {r.encoding for r in report.devices.values()} <= {"zstd", "zstd_delta"}
+    for d in DEVICES:
+        _assert_serving(world, d, "2", models.int8_b)
+        assert world.clients[d].updater.state.floor == 2
+
+
+def test_rejected_artifact_is_never_published(world: World) -> None:
+    with pytest.raises(NotDeployableError):
+        world.publish("cnn@3")
+
+
+def test_tampered_chunk_on_the_wire_is_rejected(world: World, models: BuiltModels) -> None:
+    world.start_device("dev-a")
+    assert world.publish("cnn@1", ("dev-a",)).devices["dev-a"].outcome is Outcome.COMMITTED
+    state_before = (world.base / "devices" / "dev-a" / "state.json").read_bytes()
+    home = world.broker.home
+    pub = Publisher(world.registry, home, host="127.0.0.1", port=world.broker.port)
+    records = select_devices(home, ["dev-a", "dev-b"], None)
+    plan = pub.build("cnn", 2, "int8", models.int8_b.read_bytes(), records, None)
+    m = plan.release.manifest
+    # dev-b is a legitimate recipient: it can forge a chunk with a valid GCM tag.
+    dev_b_key = load_device_keys(home.device_dir("dev-b")).box_key
+    key = unwrap_content_key(m, "dev-b", dev_b_key)
+    body = encrypt(
+        key, os.urandom(m.chunk_plain_length(0)), chunk_ad(m.artifact_id, 0, m.chunk_count)
+    )
+    forged = plan.release.chunks[0].__class__(m.artifact_id, 0, m.chunk_count, body)
+    release_key, cert = home.release_signer()
+    env = sign_manifest(m.for_devices(["dev-a"]), release_key, certificate=cert)
+    coord = connect(world.broker, COORDINATOR_USER)
+    try:
+        message = ManifestMessage(device_id="dev-a", sent_at=time.time(), envelope=env)
+        coord.publish(topics.device_manifest("dev-a"), encode_delivery(message), retain=True)
+        world.wait_report("dev-a", UpdateOutcome.DOWNLOADING)
+        time.sleep(0.3)  # let the chunk subscription settle
+        coord.publish(topics.artifact_chunk(m.artifact_id, 0), encode_chunk(forged))
+        for chunk in plan.release.chunks[1:]:
+            coord.publish(topics.artifact_chunk(m.artifact_id, chunk.index), encode_chunk(chunk))
+        world.wait_report("dev-a", UpdateOutcome.CHUNK_REJECTED)
+        deadline = time.monotonic() + 10
+        while world.clients["dev-a"].updater.missing() != (0,):  # the genuine rest arrives
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        rejected = [r for r in world.reports["dev-a"] if r.outcome is UpdateOutcome.CHUNK_REJECTED]
+        assert rejected[0].reason == "hash_mismatch"
+        _assert_serving(world, "dev-a", "1", models.int8_a)
+        assert (world.base / "devices" / "dev-a" / "state.json").read_bytes() == state_before
+        # The genuine chunk still completes the download: nothing was lost.
+        coord.publish(topics.artifact_chunk(m.artifact_id, 0), encode_chunk(plan.release.chunks[0]))
+        world.wait_report("dev-a", UpdateOutcome.COMMITTED)
+        deadline = time.monotonic() + 10
+        while world.clients["dev-a"].updater.active_model()[1] != "2":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        _assert_serving(world, "dev-a", "2", models.int8_b)
+    finally:
+        coord.close()
+
+
+def test_broker_restart_mid_transfer_completes(world: World, models: BuiltModels) -> None:
+    world.gates["dev-a"] = threading.Event()  # dev-a cannot commit before the restart
+    for d in DEVICES:
+        world.start_device(d)
+    result: list[PublishReport] = []
+    worker = threading.Thread(target=lambda: result.append(world.publish("cnn@1")))
+    worker.start()
+    world.wait_report("dev-a", UpdateOutcome.DOWNLOADING)
+    world.restart_broker()
+    world.gates["dev-a"].set()
+    worker.join(60)
+    assert result, "publisher did not finish"
+    assert all(r.outcome is Outcome.COMMITTED for r in result[0].devices.values())
+    for d in DEVICES:
+        _assert_serving(world, d, "1", models.int8_a)
