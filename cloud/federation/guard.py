@@ -102,13 +102,17 @@ class UpdateGuard(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Stamp run and round, remember the global weights, count the bytes sent down."""
-        self._global = {k: v.numpy() for k, v in arrays.items()}
         config["run-id"] = self.run_id
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
-        self.traffic[server_round] = RoundTraffic(
-            sampled=len(messages), bytes_down=len(messages) * float32_nbytes(self._global)
-        )
+        self.begin_round(server_round, arrays, sampled=len(messages))
         return messages
+
+    def begin_round(self, server_round: int, arrays: ArrayRecord, *, sampled: int) -> None:
+        """Remember the global weights a round's deltas apply to, and the bytes sent down."""
+        self._global = {k: v.numpy() for k, v in arrays.items()}
+        self.traffic[server_round] = RoundTraffic(
+            sampled=sampled, bytes_down=sampled * float32_nbytes(self._global)
+        )
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -158,7 +162,7 @@ class UpdateGuard(Strategy):
             raise RejectedUpdateError("reply has no update payload or metrics")
         if update.get("run-id") != self.run_id or update.get("server-round") != server_round:
             raise RejectedUpdateError(
-                f"update for run {update.get('run-id')!r} round {update.get('server-round')} "
+                f"update for run {update.get('run-id')!r} round {update.get('server-round')!r} "
                 f"replayed into run {self.run_id!r} round {server_round}"
             )
         examples = metrics.get("num-examples")
@@ -182,8 +186,9 @@ class UpdateGuard(Strategy):
             k: Array(np.asarray(self._global[k] + delta[k], dtype=self._global[k].dtype))
             for k in self._global
         }
+        loss = metrics.get("train-loss", 0.0)
         slim = MetricRecord(
-            {"num-examples": examples, "train-loss": float(metrics.get("train-loss", 0.0))}
+            {"num-examples": examples, "train-loss": loss if isinstance(loss, float) else 0.0}
         )
         return RecordDict({"arrays": ArrayRecord(restored), "metrics": slim}), len(payload), raw
 

@@ -44,7 +44,7 @@ class FederationPlan:
     strategy: str = "fedavg"
     participation: Participation = field(default_factory=Participation)
     round_timeout: float = 300.0
-    local_epochs: int = 1
+    local_epochs: int = 2
     lr: float = 0.05
     batch_size: int = 32
     proximal_mu: float = 0.01

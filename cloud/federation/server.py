@@ -26,7 +26,8 @@ from cloud.registry import ArtifactStatus, Registry, VersionSource
 from cloud.registry.registry import NewArtifact
 from cloud.training import ModelSpec, build_model, default_arch, evaluate_torch
 from cloud.training.serialize import model_from_bytes, model_to_bytes
-from shared.errors import FedgeError
+from shared.compression import UPDATE_MODES
+from shared.errors import ConfigError, FedgeError
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ class FederationRunner:
         on_round: RoundCallback | None = None,
         extra_train_config: dict[str, Any] | None = None,
     ) -> None:
+        if plan.update_mode not in UPDATE_MODES:
+            raise ConfigError(f"unknown update mode {plan.update_mode!r}; use {UPDATE_MODES}")
         self.plan = plan
         self.registry = registry
         self.on_round = on_round or (lambda _r: None)

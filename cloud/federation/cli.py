@@ -1,0 +1,111 @@
+"""``fedge cloud federate``: run federated learning on Flower's Simulation Engine.
+
+Wire it with ``from cloud.federation.cli import register; register(cloud_app)`` in
+``cloud/cli.py``. Heavy imports (torch, Flower, Ray) happen inside the command so
+``fedge --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+
+JSON_HELP = "Print one JSON object on stdout."
+
+
+def federate_cmd(
+    data: Annotated[str, typer.Option(help="digits, mnist-5k or PATH.npz.")] = "digits",
+    clients: Annotated[int, typer.Option(min=1, help="Simulated devices.")] = 3,
+    rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 3,
+    strategy: Annotated[
+        str, typer.Option(help="fedavg, fedprox, fedadam, trimmed-mean or median.")
+    ] = "fedavg",
+    fraction: Annotated[float, typer.Option(help="Share of clients sampled per round.")] = 1.0,
+    min_clients: Annotated[
+        int | None, typer.Option(help="Minimum clients per round (default: all).")
+    ] = None,
+    round_timeout: Annotated[
+        float, typer.Option(help="Seconds a round waits; stragglers are left out.")
+    ] = 300.0,
+    local_epochs: Annotated[int, typer.Option(min=1)] = 2,
+    lr: Annotated[float, typer.Option(help="Client SGD learning rate.")] = 0.05,
+    proximal_mu: Annotated[float, typer.Option(help="FedProx proximal weight.")] = 0.01,
+    update: Annotated[str, typer.Option(help="Update compression: fp32, int8 or topk.")] = "int8",
+    topk_fraction: Annotated[float, typer.Option(help="Entries a topk update keeps.")] = 0.1,
+    alpha: Annotated[
+        float | None, typer.Option(help="Dirichlet label-skew alpha (default IID).")
+    ] = None,
+    init: Annotated[str | None, typer.Option(help="Start from registry MODEL@N.")] = None,
+    name: Annotated[str | None, typer.Option(help="Registry model name for rounds.")] = None,
+    quantize: Annotated[bool, typer.Option(help="Quantize the best round at the end.")] = True,
+    max_drop: Annotated[float, typer.Option(help="int8 accuracy budget in points.")] = 1.0,
+    seed: Annotated[int, typer.Option()] = 0,
+    num_cpus: Annotated[int, typer.Option(min=1, help="CPUs the simulation may use.")] = 2,
+    client_app: Annotated[
+        str, typer.Option(help="ClientApp reference module:attribute.")
+    ] = "edge.learning.client_app:app",
+    verbose: Annotated[bool, typer.Option(help="Show Flower's own log.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+) -> None:
+    """Run R federated rounds over N simulated devices; store every round in the registry."""
+    from cloud.cli import cli_errors, emit_json, err_console, open_registry, out_console
+    from cloud.federation.plan import FederationPlan, RoundReport
+    from cloud.federation.simulation import run_simulated_federation
+    from cloud.federation.strategies import Participation
+
+    if not verbose:
+        logging.getLogger("flwr").setLevel(logging.WARNING)
+    need = min_clients if min_clients is not None else max(1, round(clients * fraction))
+
+    def on_round(r: RoundReport) -> None:
+        if json_out:
+            return
+        out_console.print(
+            f"round {r.round}: accuracy {r.accuracy:.2%} loss {r.loss:.4f} "
+            f"participants {r.participants} (rejected {r.rejected}, failed {r.failed}) "
+            f"up {r.bytes_up:,} B down {r.bytes_down:,} B {r.seconds:.1f}s → {r.version}"
+        )
+
+    with cli_errors():
+        plan = FederationPlan(
+            data=data,
+            num_clients=clients,
+            rounds=rounds,
+            strategy=strategy,
+            participation=Participation(fraction, need, max(need, clients)),
+            round_timeout=round_timeout,
+            local_epochs=local_epochs,
+            lr=lr,
+            proximal_mu=proximal_mu,
+            update_mode=update,  # type: ignore[arg-type]
+            topk_fraction=topk_fraction,
+            alpha=alpha,
+            seed=seed,
+            init_version=init,
+            model_name=name,
+            quantize=quantize,
+            max_drop=max_drop,
+        )
+        registry = open_registry()
+        try:
+            with err_console.status(f"federating {plan.run_id}"):
+                result = run_simulated_federation(
+                    plan, registry, on_round=on_round, client_app=client_app, num_cpus=num_cpus
+                )
+        finally:
+            registry.close()
+    if json_out:
+        emit_json(result.to_dict())
+        return
+    q = result.quantization or {}
+    out_console.print(
+        f"run {result.run_id}: best {result.best_version}; "
+        f"quantized {q.get('selected') or 'no'}; deployable {result.deployable}"
+    )
+
+
+def register(cloud_app: typer.Typer) -> None:
+    """Add ``federate`` to the ``fedge cloud`` command group."""
+    cloud_app.command("federate")(federate_cmd)
