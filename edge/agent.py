@@ -10,6 +10,11 @@ outbox or the in-flight table.
 Status is retained on ``devices/{id}/status``: ``online`` after each connect and on every
 model change, ``offline`` as the last will (lost connection, killed process) and as the
 final message of a clean stop.
+
+With a device bundle (``AgentConfig.bundle_dir``) the agent also runs the A/B
+:class:`~edge.updater.Updater` on its loop: it subscribes to its retained manifest, passes
+manifests and artifact chunks to the updater undecoded (:attr:`EventKind.RAW`), serves the
+committed slot at start-up, and reports every update outcome on its retained status.
 """
 
 from __future__ import annotations
@@ -26,12 +31,15 @@ import psutil
 from pydantic import BaseModel
 
 from edge.inference import InferenceServer, Predictor
+from edge.keystore import DeviceKeys, load_device_keys
 from edge.messaging import EventKind, LinkEvent, MqttLink, parse_broker_url
 from edge.outbox import Outbox
-from shared.errors import FedgeError
+from edge.updater import Updater, UpdateReport
+from shared.errors import ConfigError, FedgeError, ProtocolError
 from shared.profiles import DeviceProfile
 from shared.protocol import topics
 from shared.protocol.codec import encode_message
+from shared.protocol.delivery_topics import parse_chunk_topic
 from shared.protocol.messages import (
     DeviceState,
     LatencyStats,
@@ -39,6 +47,8 @@ from shared.protocol.messages import (
     MessageKind,
     StatusMessage,
     TelemetryMessage,
+    UpdateInfo,
+    UpdateOutcome,
 )
 
 __all__ = ["Agent", "AgentConfig", "MessageHandler"]
@@ -72,6 +82,8 @@ class AgentConfig:
     keepalive_s: int = 30
     max_inflight: int = 20
     outbox_max_messages: int = 10_000
+    bundle_dir: Path | None = None  # device enrollment bundle: enables signed model updates
+    update_quiet_s: float = 2.0  # seconds without a chunk before asking for missing ones
 
 
 @dataclass(frozen=True)
@@ -80,6 +92,32 @@ class _Send:
     message: BaseModel
     retain: bool
     droppable: bool
+
+
+class _UpdaterLink:
+    """The updater's publish/subscribe over the agent's :class:`MqttLink`.
+
+    Remembers its subscriptions so the agent renews them after every connect (a persistent
+    session usually keeps them, but a broker without persistence forgets them).
+    """
+
+    def __init__(self, link: MqttLink) -> None:
+        self._link = link
+        self.subscriptions: set[str] = set()
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        """Publish at QoS 1 (paho queues it while disconnected)."""
+        self._link.publish(topic, payload, qos=1, retain=retain)
+
+    def subscribe(self, topic: str) -> None:
+        """Subscribe at QoS 1."""
+        self.subscriptions.add(topic)
+        self._link.subscribe_topic(topic)
+
+    def unsubscribe(self, topic: str) -> None:
+        """Drop a subscription."""
+        self.subscriptions.discard(topic)
+        self._link.unsubscribe(topic)
 
 
 class Agent:
@@ -91,7 +129,8 @@ class Agent:
         wall_clock: Returns Unix seconds for ``sent_at`` (injectable for tests).
 
     Raises:
-        FedgeError: the outbox cannot be opened or the broker URL is invalid.
+        FedgeError: the outbox cannot be opened, the broker URL is invalid or the device
+            bundle is unusable (``ConfigError``).
     """
 
     def __init__(
@@ -138,6 +177,45 @@ class Agent:
             reconnect_max_s=config.reconnect_max_s,
             keepalive_s=config.keepalive_s,
         )
+        self.keys: DeviceKeys | None = None
+        self.updater: Updater | None = None
+        self._updater_link: _UpdaterLink | None = None
+        if config.bundle_dir is not None:
+            self._start_updater(config.bundle_dir)
+
+    def _start_updater(self, bundle_dir: Path) -> None:
+        keys = load_device_keys(bundle_dir)
+        if keys.device_id != self.config.device_id:
+            raise ConfigError(
+                f"device bundle is for {keys.device_id!r}, not {self.config.device_id!r}"
+            )
+        self.keys = keys
+        self._updater_link = _UpdaterLink(self.link)
+        profile = self.config.profile
+        self.updater = Updater(
+            device_id=keys.device_id,
+            hardware_id=keys.hardware_id,
+            box_key=keys.box_key,
+            trust=keys.trust,
+            max_model_bytes=profile.max_model_bytes,
+            precisions=tuple(str(p) for p in profile.precisions),
+            state_dir=self.config.state_dir / "updater",
+            link=self._updater_link,
+            activate=self._activate_model,
+            on_status=self._on_update,
+            now=self._now,
+            quiet_s=self.config.update_quiet_s,
+        )
+
+    def _activate_model(self, path: Path, version: str) -> None:
+        """Probation: load + smoke-test; the previous model keeps serving on failure."""
+        self.predictor.load(path, version)
+
+    def _on_update(self, report: UpdateReport) -> None:
+        """Announce an update outcome on the retained status (called on the agent loop)."""
+        downloading = report.outcome in (UpdateOutcome.DOWNLOADING, UpdateOutcome.CHUNK_REJECTED)
+        state = DeviceState.UPDATING if downloading else DeviceState.ONLINE
+        self._send_status(state, update=report.to_info())
 
     # --- API for other threads -------------------------------------------------------
 
@@ -161,7 +239,10 @@ class Agent:
     def run(self) -> int:
         """Run until :meth:`request_stop`; return a process exit code (0 = clean stop)."""
         cfg = self.config
-        if cfg.model_path is not None:
+        active = self.updater.active_model() if self.updater is not None else None
+        if active is not None:  # the committed slot wins over --model
+            self.predictor.load(*active)
+        elif cfg.model_path is not None:
             self.predictor.load(cfg.model_path, cfg.model_version)
         if cfg.http_port is not None:
             self.server = InferenceServer(self.predictor, port=cfg.http_port)
@@ -185,6 +266,8 @@ class Agent:
                     if next_telemetry < time.monotonic():  # we fell behind: skip, don't burst
                         next_telemetry = time.monotonic() + interval
                     self._safely(self._emit_telemetry)
+                if self.updater is not None:
+                    self._safely(self.updater.tick)
                 self._safely(self._announce_model_change)
                 self._safely(self._flush)
         finally:
@@ -227,8 +310,12 @@ class Agent:
             logger.info("connected to broker")
             subs = [topics.device_cmd(self.config.device_id)]
             subs += [topics.group_cmd(g) for g in self.config.profile.groups]
+            if self.updater is not None and self._updater_link is not None:
+                subs.append(topics.device_manifest(self.config.device_id))
+                subs += sorted(self._updater_link.subscriptions)
             self.link.subscribe(subs)
-            self._send_status(DeviceState.ONLINE)
+            downloading = self.updater is not None and self.updater.downloading is not None
+            self._send_status(DeviceState.UPDATING if downloading else DeviceState.ONLINE)
         elif kind is EventKind.DISCONNECTED:
             if self._connected or event.failed:
                 logger.warning("disconnected from broker: %s", event.reason)
@@ -236,6 +323,8 @@ class Agent:
         elif kind is EventKind.REJECTED:
             self._rejected += 1
             logger.warning("dropped a malformed message on %s: %s", event.topic, event.reason)
+        elif kind is EventKind.RAW and event.topic is not None and event.payload is not None:
+            self._handle_raw(event.topic, event.payload)
         elif kind is EventKind.MESSAGE and event.message is not None:
             handler = self._handlers.get(event.message.kind)
             if handler is None:
@@ -246,6 +335,27 @@ class Agent:
                 handler(event.topic or "", event.message)
             except Exception:  # a handler bug must not stop the agent
                 logger.exception("handler for %s failed", event.message.kind)
+
+    def _handle_raw(self, topic: str, payload: bytes) -> None:
+        """A manifest or artifact chunk: the updater verifies it (never raises here)."""
+        updater = self.updater
+        if updater is None:
+            self._rejected += 1
+            logger.warning("no updater for a message on %s", topic)
+            return
+        try:
+            if topic == topics.device_manifest(self.config.device_id):
+                updater.handle_manifest(payload)
+                return
+            try:
+                parse_chunk_topic(topic)
+            except ProtocolError:
+                self._rejected += 1
+                logger.warning("ignoring a message on an unexpected topic %s", topic)
+                return
+            updater.handle_chunk(payload)
+        except Exception:  # an updater bug must not stop the agent
+            logger.exception("updater failed on a message on %s", topic)
 
     def _store(self, send: _Send) -> None:
         payload = encode_message(send.message)
@@ -269,7 +379,9 @@ class Agent:
             self._inflight[mid] = item.row_id
             self.outbox.mark_attempt(item.row_id)
 
-    def _send_status(self, state: DeviceState, error: str | None = None) -> None:
+    def _send_status(
+        self, state: DeviceState, error: str | None = None, *, update: UpdateInfo | None = None
+    ) -> None:
         info = self.predictor.active
         self._announced_version = info.version if info else None
         status = StatusMessage(
@@ -279,8 +391,16 @@ class Agent:
             model_version=self._announced_version,
             hardware_id=self.config.profile.hardware_id,
             last_error=error,
+            slot=self._active_slot(),
+            update=update,
         )
         self._store(_Send(topics.device_status(self.config.device_id), status, True, False))
+
+    def _active_slot(self) -> str | None:
+        if self.updater is None:
+            return None
+        active = self.updater.state.active
+        return active.value if active is not None else None
 
     def _announce_model_change(self) -> None:
         info = self.predictor.active

@@ -99,6 +99,18 @@ def run(
     reconnect_max: Annotated[
         float, typer.Option(envvar="FEDGE_RECONNECT_MAX", help="Max reconnect backoff (s).")
     ] = 30.0,
+    bundle: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="FEDGE_BUNDLE",
+            help="Device enrollment bundle: enables signed model updates; also supplies "
+            "the broker credentials and TLS files not given otherwise.",
+        ),
+    ] = None,
+    update_quiet: Annotated[
+        float,
+        typer.Option(envvar="FEDGE_UPDATE_QUIET", help="Seconds before re-asking for chunks."),
+    ] = 2.0,
     log_level: Annotated[str, typer.Option(envvar="FEDGE_LOG_LEVEL")] = "info",
 ) -> None:
     """Run the agent until SIGTERM or Ctrl-C."""
@@ -106,6 +118,15 @@ def run(
 
     _setup_logging(log_level)
     try:
+        if bundle is not None:
+            from edge.keystore import load_device_keys
+
+            keys = load_device_keys(bundle)
+            username = username if username is not None else keys.broker_username
+            password = password if password is not None else keys.broker_password
+            cafile = cafile or str(keys.ca_file)
+            certfile = certfile or str(keys.client_cert)
+            keyfile = keyfile or str(keys.client_key)
         config = AgentConfig(
             device_id=device_id,
             broker_url=broker,
@@ -120,6 +141,8 @@ def run(
             certfile=certfile,
             keyfile=keyfile,
             reconnect_max_s=reconnect_max,
+            bundle_dir=bundle,
+            update_quiet_s=update_quiet,
         )
         agent = Agent(config)
     except FedgeError as exc:

@@ -1,5 +1,10 @@
 """A thin MQTT 5 client for the agent: connect, last will, reconnect with backoff, events.
 
+The session is persistent (``clean_start=False``, session expiry one hour), so QoS 1
+messages sent while the device is briefly offline (e.g. artifact chunks) are queued by the
+broker. Manifests and chunks are passed on undecoded (:attr:`EventKind.RAW`): the updater
+verifies them itself.
+
 Reconnection is paho's own loop (``loop_start`` + ``reconnect_delay_set``): exponential
 backoff from ``reconnect_min_s`` doubling to ``reconnect_max_s``. QoS 1 messages that are
 in flight when a connection drops are retransmitted by paho after the reconnect (with the
@@ -24,10 +29,25 @@ from paho.mqtt.properties import Properties
 from shared.errors import ConfigError, ProtocolError
 from shared.protocol.codec import decode_message
 from shared.protocol.messages import Message
+from shared.protocol.topics import ROOT
 
 __all__ = ["BrokerAddress", "EventKind", "LinkEvent", "MqttLink", "parse_broker_url"]
 
 logger = logging.getLogger(__name__)
+
+SESSION_EXPIRY_S = 3600
+"""Persistent session: the broker queues QoS 1 messages (chunks) across short outages."""
+
+_ARTIFACTS_PREFIX = f"{ROOT}/artifacts/"
+_MANIFEST_SUFFIX = "/manifest"
+_DEVICES_PREFIX = f"{ROOT}/devices/"
+
+
+def is_raw_topic(topic: str) -> bool:
+    """Whether ``topic`` carries deployment-plane payloads the updater decodes itself."""
+    return topic.startswith(_ARTIFACTS_PREFIX) or (
+        topic.startswith(_DEVICES_PREFIX) and topic.endswith(_MANIFEST_SUFFIX)
+    )
 
 
 class EventKind(StrEnum):
@@ -38,6 +58,7 @@ class EventKind(StrEnum):
     PUBLISHED = "published"  # PUBACK received for ``mid``
     MESSAGE = "message"  # a decoded, valid message
     REJECTED = "rejected"  # a payload that failed to decode
+    RAW = "raw"  # an undecoded deployment-plane payload (manifest or artifact chunk)
 
 
 @dataclass(frozen=True)
@@ -50,6 +71,7 @@ class LinkEvent:
     message: Message | None = None
     reason: str | None = None
     failed: bool = False
+    payload: bytes | None = None  # RAW events only
 
 
 @dataclass(frozen=True)
@@ -168,6 +190,9 @@ class MqttLink:
     def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
         try:
             topic = str(msg.topic)
+            if is_raw_topic(topic):  # the updater verifies these itself (signed, encrypted)
+                self._put(LinkEvent(EventKind.RAW, topic=topic, payload=bytes(msg.payload)))
+                return
             message = decode_message(msg.payload)
         except ProtocolError as exc:
             self._put(
@@ -183,12 +208,12 @@ class MqttLink:
     def start(self) -> None:
         """Connect in the background (retrying with backoff until the broker answers)."""
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = 0
+        props.SessionExpiryInterval = SESSION_EXPIRY_S
         self._client.connect_async(
             self._broker.host,
             self._broker.port,
             keepalive=self._keepalive,
-            clean_start=True,
+            clean_start=False,
             properties=props,
         )
         self._client.loop_start()
@@ -197,6 +222,14 @@ class MqttLink:
         """Subscribe (QoS 1) to ``topics``; call after every CONNECTED event."""
         if topics:
             self._client.subscribe([(t, 1) for t in topics])
+
+    def subscribe_topic(self, topic: str) -> None:
+        """Subscribe (QoS 1) to one topic filter."""
+        self._client.subscribe(topic, qos=1)
+
+    def unsubscribe(self, topic: str) -> None:
+        """Drop a subscription."""
+        self._client.unsubscribe(topic)
 
     def publish(
         self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
