@@ -58,7 +58,7 @@ def main() -> None:
         finally:
             registry.close()
     torch_row = rows["torch eager fp32"]
-    fp32, int8 = rows["LiteRT fp32"], rows.get("LiteRT int8")
+    fp32, int8 = rows["LiteRT float32"], rows.get("LiteRT int8")
     if int8 is None:
         raise SystemExit(f"no int8 artifact was produced: {report.attempts}")
     targets = {

@@ -24,6 +24,7 @@ from typing import Annotated, Any, Self
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
 
 from shared.errors import ProfileError
+from shared.precision import Precision
 
 __all__ = [
     "PROFILE_SCHEMA_VERSION",
@@ -44,14 +45,6 @@ StrictInt = Annotated[int, Strict()]
 StrictBool = Annotated[bool, Strict()]
 StrictStr = Annotated[str, Strict()]
 Identifier = Annotated[str, Strict(), Field(pattern=_ID_PATTERN)]
-
-
-class Precision(StrEnum):
-    """Numeric precision of a model's tensors, as the device accepts it."""
-
-    INT8 = "int8"
-    FLOAT16 = "float16"
-    FLOAT32 = "float32"
 
 
 class Runtime(StrEnum):

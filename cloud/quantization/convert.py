@@ -6,8 +6,8 @@ Precisions, from most to least compressed:
   on real training samples (the edge runtime quantizes inputs with the input tensor's
   scale/zero point).
 - ``dynamic-int8``: int8 weights, float activations quantized on the fly.
-- ``fp16``: weights stored as float16, computed in float32.
-- ``fp32``: the plain converted model.
+- ``float16``: weights stored as float16, computed in float32.
+- ``float32``: the plain converted model.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ import torch
 from torch import nn
 
 from shared.errors import QuantizationError
+from shared.precision import Precision
 
 log = logging.getLogger(__name__)
 
@@ -30,17 +30,8 @@ log = logging.getLogger(__name__)
 os.environ.setdefault("PJRT_DEVICE", "CPU")
 
 
-class Precision(StrEnum):
-    """Numeric precision of a TFLite artifact, in fallback order."""
-
-    INT8 = "int8"
-    DYNAMIC_INT8 = "dynamic-int8"
-    FP16 = "fp16"
-    FP32 = "fp32"
-
-
-#: The order the pipeline tries precisions in (``fp32`` is always produced as the reference).
-FALLBACK_CHAIN = (Precision.INT8, Precision.DYNAMIC_INT8, Precision.FP16, Precision.FP32)
+#: The order the pipeline tries precisions in (``float32`` is always produced as the reference).
+FALLBACK_CHAIN = (Precision.INT8, Precision.DYNAMIC_INT8, Precision.FLOAT16, Precision.FLOAT32)
 
 
 def export_float_tflite(model: nn.Module, input_shape: tuple[int, ...]) -> bytes:
@@ -69,7 +60,7 @@ def _recipe(precision: Precision) -> object:
         return recipe.static_wi8_ai8()
     if precision is Precision.DYNAMIC_INT8:
         return recipe.dynamic_wi8_afp32()
-    if precision is Precision.FP16:
+    if precision is Precision.FLOAT16:
         manager = recipe_manager.RecipeManager()
         manager.add_quantization_config(
             regex=".*",
@@ -93,14 +84,14 @@ def quantize_tflite(
     """Quantize a float ``.tflite`` to ``precision``.
 
     Args:
-        float_model: The ``fp32`` model bytes from :func:`export_float_tflite`.
-        precision: Target precision; ``fp32`` returns the input unchanged.
+        float_model: The ``float32`` model bytes from :func:`export_float_tflite`.
+        precision: Target precision; ``float32`` returns the input unchanged.
         calibration: Float samples ``(N, *input_shape)``; required for ``int8``.
 
     Raises:
         QuantizationError: the quantizer failed; the message says at which precision.
     """
-    if precision is Precision.FP32:
+    if precision is Precision.FLOAT32:
         return float_model
     if precision is Precision.INT8 and (calibration is None or len(calibration) == 0):
         raise QuantizationError("int8 quantization needs calibration samples")

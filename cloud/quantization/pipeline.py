@@ -1,4 +1,4 @@
-"""Quantize a registry version: fp32 reference, then int8 → dynamic-int8 → fp16 → fp32.
+"""Quantize a registry version: float32 reference, then int8 → dynamic-int8 → float16 → float32.
 
 Every artifact is evaluated in LiteRT on the version's held-out split. An artifact whose
 accuracy drop against the float torch model exceeds the budget is stored as ``rejected`` —
@@ -98,7 +98,7 @@ def quantize_version(
     pick = rng.choice(len(split.train_x), min(calibration_samples, len(split.train_x)), False)
     calibration = split.train_x[np.sort(pick)]
 
-    step("convert to fp32 TFLite")
+    step("convert to float32 TFLite")
     with native_output_captured():
         float_model = export_float_tflite(model, spec.input_shape)
     report = QuantizationReport(version.ref, float_acc, max_drop, selected=None)
@@ -125,10 +125,10 @@ def quantize_version(
         )
         return ok
 
-    fp32_ok = judge(Precision.FP32, float_model)
+    fp32_ok = judge(Precision.FLOAT32, float_model)
     for precision in FALLBACK_CHAIN:
-        if precision is Precision.FP32:
-            report.selected = "fp32" if fp32_ok else None
+        if precision is Precision.FLOAT32:
+            report.selected = str(Precision.FLOAT32) if fp32_ok else None
             break
         step(f"quantize to {precision}")
         try:

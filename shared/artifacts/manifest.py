@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from shared.artifacts.canonical import canonical_json
 from shared.errors import ProtocolError
+from shared.precision import Precision
 
 __all__ = [
     "ID_PATTERN",
@@ -71,15 +72,6 @@ def content_key_ad(artifact_id: str, device_id: str) -> bytes:
     Without it a wrapped key could be moved to another manifest entry unnoticed.
     """
     return f"fedge/v1/content-key\x00{artifact_id}\x00{device_id}".encode()
-
-
-class Precision(StrEnum):
-    """Numeric precision of the model inside the artifact."""
-
-    INT8 = "int8"
-    INT16X8 = "int16x8"
-    FLOAT16 = "float16"
-    FLOAT32 = "float32"
 
 
 class Encoding(StrEnum):

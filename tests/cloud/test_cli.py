@@ -43,7 +43,7 @@ def test_train_quantize_list_show_json(tmp_path: Path) -> None:
     assert quant["version"] == "cnn-digits@1"
     assert quant["float_accuracy"] == pytest.approx(trained["test_accuracy"])
     precisions = {a["precision"]: a for a in quant["artifacts"]}
-    assert {"fp32", "int8"} <= set(precisions)
+    assert {"float32", "int8"} <= set(precisions)
     for art in quant["artifacts"]:
         assert {"precision", "accuracy", "bytes", "sha256", "status"} <= set(art) | set(
             art["metrics"]

@@ -15,7 +15,7 @@ def test_int8_artifact_is_full_integer_and_accurate(quantized_digits) -> None:  
     reg, version, report = quantized_digits
     assert report.selected == "int8"
     int8 = version.artifact("tflite", "int8")
-    fp32 = version.artifact("tflite", "fp32")
+    fp32 = version.artifact("tflite", "float32")
     assert int8.status == "approved"
     assert int8.metrics["input_dtype"] == "int8"
     assert int8.bytes < fp32.bytes
@@ -67,7 +67,7 @@ def test_over_budget_artifacts_are_rejected_and_never_deployable(trained_digits)
     report = quantize_version(reg, clone.ref, max_drop=-50.0)
     assert report.selected is None
     outcomes = {a.precision: a.outcome for a in report.attempts}
-    assert outcomes["int8"] == "rejected" and outcomes["fp32"] == "rejected"
+    assert outcomes["int8"] == "rejected" and outcomes["float32"] == "rejected"
     assert all(a["status"] == "rejected" for a in report.artifacts)
     assert all("exceeds budget" in a["reason"] for a in report.artifacts)
     with pytest.raises(NotDeployableError):

@@ -84,10 +84,10 @@ def test_rejected_artifacts_are_never_deployable(registry: Registry) -> None:
         artifacts=[
             _torch(),
             NewArtifact("tflite", "int8", b"i8", ArtifactStatus.REJECTED, "drop 3.1 > 1.0"),
-            NewArtifact("tflite", "fp32", b"f32-bigger", ArtifactStatus.APPROVED),
+            NewArtifact("tflite", "float32", b"f32-bigger", ArtifactStatus.APPROVED),
         ],
     )
-    assert registry.deployable_artifact(v.ref).precision == "fp32"
+    assert registry.deployable_artifact(v.ref).precision == "float32"
     with pytest.raises(NotDeployableError, match=r"drop 3\.1 > 1\.0"):
         registry.deployable_artifact(v.ref, precision="int8")
 
