@@ -361,6 +361,11 @@ class _Run:
             and msg.topic == device_requests(request.device_id)
             and request.device_id in plan.devices
         ):
+            if not plan.chunks_sent:
+                # The first full send is still due and will reach this (subscribed)
+                # device: answering now would send the chunks twice to the whole fleet.
+                plan.waiting.discard(request.device_id)
+                return
             self._send_chunks(plan, list(request.missing))
 
     def _on_status(self, msg: Incoming) -> None:
