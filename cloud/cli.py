@@ -138,7 +138,7 @@ def quantize_cmd(
     calibration_samples: Annotated[int, typer.Option(min=1)] = 256,
     json_out: JsonFlag = False,
 ) -> None:
-    """Convert to TFLite, quantize (int8 → dynamic-int8 → float16 → float32) and verify in LiteRT."""
+    """Convert to TFLite, quantize (int8 → dynamic-int8 → float16 → float32), verify in LiteRT."""
     from cloud.quantization import quantize_version
 
     settings = Settings()
