@@ -13,8 +13,9 @@ final message of a clean stop.
 
 With a device bundle (``AgentConfig.bundle_dir``) the agent also runs the A/B
 :class:`~edge.updater.Updater` on its loop: it subscribes to its retained manifest, passes
-manifests and artifact chunks to the updater undecoded (:attr:`EventKind.RAW`), serves the
-committed slot at start-up, and reports every update outcome on its retained status.
+manifests, artifact chunks and signed commands (``devices/{id}/cmd``, ``groups/{g}/cmd``)
+to the updater undecoded (:attr:`EventKind.RAW`), serves the committed slot at start-up,
+and reports every update or command outcome on its retained status.
 """
 
 from __future__ import annotations
@@ -205,6 +206,7 @@ class Agent:
             on_status=self._on_update,
             now=self._now,
             quiet_s=self.config.update_quiet_s,
+            groups=keys.groups,
         )
 
     def _activate_model(self, path: Path, version: str) -> None:
@@ -309,7 +311,7 @@ class Agent:
             self._connected = True
             logger.info("connected to broker")
             subs = [topics.device_cmd(self.config.device_id)]
-            subs += [topics.group_cmd(g) for g in self.config.profile.groups]
+            subs += [topics.group_cmd(g) for g in sorted(self._groups())]
             if self.updater is not None and self._updater_link is not None:
                 subs.append(topics.device_manifest(self.config.device_id))
                 subs += sorted(self._updater_link.subscriptions)
@@ -336,8 +338,18 @@ class Agent:
             except Exception:  # a handler bug must not stop the agent
                 logger.exception("handler for %s failed", event.message.kind)
 
+    def _groups(self) -> set[str]:
+        """Groups whose commands this device receives (profile and enrollment bundle)."""
+        enrolled = self.keys.groups if self.keys is not None else frozenset()
+        return set(self.config.profile.groups) | set(enrolled)
+
+    def _is_cmd_topic(self, topic: str) -> bool:
+        if topic == topics.device_cmd(self.config.device_id):
+            return True
+        return any(topic == topics.group_cmd(g) for g in self._groups())
+
     def _handle_raw(self, topic: str, payload: bytes) -> None:
-        """A manifest or artifact chunk: the updater verifies it (never raises here)."""
+        """A manifest, chunk or command: the updater verifies it (never raises here)."""
         updater = self.updater
         if updater is None:
             self._rejected += 1
@@ -346,6 +358,9 @@ class Agent:
         try:
             if topic == topics.device_manifest(self.config.device_id):
                 updater.handle_manifest(payload)
+                return
+            if self._is_cmd_topic(topic):
+                updater.handle_command(payload)  # K1-K6 inside
                 return
             try:
                 parse_chunk_topic(topic)

@@ -2,8 +2,8 @@
 
 The session is persistent (``clean_start=False``, session expiry one hour), so QoS 1
 messages sent while the device is briefly offline (e.g. artifact chunks) are queued by the
-broker. Manifests and chunks are passed on undecoded (:attr:`EventKind.RAW`): the updater
-verifies them itself.
+broker. Manifests, chunks and signed commands are passed on undecoded
+(:attr:`EventKind.RAW`): the updater verifies them itself.
 
 Reconnection is paho's own loop (``loop_start`` + ``reconnect_delay_set``): exponential
 backoff from ``reconnect_min_s`` doubling to ``reconnect_max_s``. QoS 1 messages that are
@@ -41,12 +41,16 @@ SESSION_EXPIRY_S = 3600
 _ARTIFACTS_PREFIX = f"{ROOT}/artifacts/"
 _MANIFEST_SUFFIX = "/manifest"
 _DEVICES_PREFIX = f"{ROOT}/devices/"
+_GROUPS_PREFIX = f"{ROOT}/groups/"
+_CMD_SUFFIX = "/cmd"
 
 
 def is_raw_topic(topic: str) -> bool:
     """Whether ``topic`` carries deployment-plane payloads the updater decodes itself."""
-    return topic.startswith(_ARTIFACTS_PREFIX) or (
-        topic.startswith(_DEVICES_PREFIX) and topic.endswith(_MANIFEST_SUFFIX)
+    return (
+        topic.startswith(_ARTIFACTS_PREFIX)
+        or (topic.startswith(_DEVICES_PREFIX) and topic.endswith(_MANIFEST_SUFFIX))
+        or (topic.startswith((_DEVICES_PREFIX, _GROUPS_PREFIX)) and topic.endswith(_CMD_SUFFIX))
     )
 
 
@@ -58,7 +62,7 @@ class EventKind(StrEnum):
     PUBLISHED = "published"  # PUBACK received for ``mid``
     MESSAGE = "message"  # a decoded, valid message
     REJECTED = "rejected"  # a payload that failed to decode
-    RAW = "raw"  # an undecoded deployment-plane payload (manifest or artifact chunk)
+    RAW = "raw"  # an undecoded deployment-plane payload (manifest, chunk or command)
 
 
 @dataclass(frozen=True)

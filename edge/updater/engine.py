@@ -15,6 +15,9 @@ Order of the defences (each cites its rule in ``docs/protocol.md``):
    inactive slot is ever written);
 4. probation: the caller's callback loads the slot and runs a smoke inference;
 5. commit: ``state.json`` replaced atomically (rule S2); the floor rises only here.
+
+Install/revert/rollback live in :mod:`edge.updater.install`, signed commands (K1-K6) in
+:mod:`edge.updater.commands`; both are mixed into :class:`Updater`.
 """
 
 from __future__ import annotations
@@ -26,22 +29,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from edge.updater.commands import CommandSteps
 from edge.updater.downloads import DownloadStore
 from edge.updater.fsutil import remove_temporaries
+from edge.updater.install import Activate, Download
+from edge.updater.install import reason_code as _code
 from edge.updater.slots import SlotStore
-from edge.updater.state import Slot, SlotRecord, StateStore, UpdaterState
+from edge.updater.state import Slot, StateStore, UpdaterState
 from shared.artifacts import (
     ArtifactAssembler,
-    AssemblyState,
     ChunkOutcome,
-    Encoding,
-    Manifest,
     TrustStore,
     unwrap_content_key,
     verify_manifest,
 )
 from shared.artifacts.trust import Envelope
-from shared.crypto import ContentKey, PrivateKey
+from shared.crypto import PrivateKey
 from shared.errors import (
     FedgeError,
     ModelLoadError,
@@ -61,13 +64,6 @@ from shared.protocol.messages import UpdateInfo, UpdateOutcome
 __all__ = ["Activate", "UpdateReport", "Updater", "UpdaterLink"]
 
 logger = logging.getLogger(__name__)
-
-Activate = Callable[[Path, str], None]
-"""Probation: load the model file as ``version``, smoke-test it and make it serve.
-
-Raise (ideally :class:`ModelLoadError`) to reject it; the previous model must keep
-serving (``Predictor.load`` guarantees that). Also used to re-activate the committed slot.
-"""
 
 
 class UpdaterLink(Protocol):
@@ -107,22 +103,12 @@ class UpdateReport:
         return UpdateInfo(version=self.version, outcome=self.outcome, reason=self.reason)
 
 
-@dataclass
-class _Download:
-    manifest: Manifest
-    envelope: Envelope
-    assembler: ArtifactAssembler
-    key: ContentKey
-    state: AssemblyState
-    trust: TrustStore
-    last_progress: float
-
-
-class Updater:
+class Updater(CommandSteps):
     """A/B model updater of one device.
 
     Args:
         device_id, hardware_id: This device (V5, V7).
+        groups: Groups this device belongs to (K5: group commands it accepts).
         box_key: The device's X25519 key (content keys are sealed to it).
         trust: The pinned trust store from the enrollment bundle.
         max_model_bytes: Profile limit (P1).
@@ -150,8 +136,10 @@ class Updater:
         on_status: Callable[[UpdateReport], None] = lambda _r: None,
         now: Callable[[], float] = time.time,
         quiet_s: float = 2.0,
+        groups: frozenset[str] = frozenset(),
     ) -> None:
         self.device_id = device_id
+        self.groups = frozenset(groups)
         self.hardware_id = hardware_id
         self._box = box_key
         self._pinned = trust
@@ -167,7 +155,7 @@ class Updater:
         self._downloads = DownloadStore(state_dir / "downloads")
         self._state = UpdaterState()
         self._trust = trust
-        self._download: _Download | None = None
+        self._download: Download | None = None
         self.recover()
 
     # --- start-up -------------------------------------------------------------------
@@ -259,10 +247,14 @@ class Updater:
         dl = self._download
         if dl is None or self._now() - dl.last_progress < self._quiet_s:
             return
+        if not self._request_missing(dl):
+            self._install(dl)
+
+    def _request_missing(self, dl: Download) -> bool:
+        """Publish a ResendRequest for ``dl``'s missing chunks; False if none is missing."""
         missing = dl.assembler.missing(dl.state)
         if not missing:
-            self._install(dl)
-            return
+            return False
         request = ResendRequest(
             device_id=self.device_id,
             sent_at=self._now(),
@@ -272,6 +264,7 @@ class Updater:
         self._link.publish(device_requests(self.device_id), encode_delivery(request))
         dl.last_progress = self._now()
         logger.info("asked for %d missing chunk(s) of %s", len(missing), request.artifact_id)
+        return True
 
     # --- manifest -------------------------------------------------------------------
 
@@ -332,7 +325,7 @@ class Updater:
         else:
             self._downloads.begin(m.artifact_id, envelope)
             state = assembler.start()
-        self._download = _Download(m, envelope, assembler, key, state, verified.trust, self._now())
+        self._download = Download(m, envelope, assembler, key, state, verified.trust, self._now())
         self._link.subscribe(artifact_chunks(m.artifact_id))
         logger.info(
             "downloading v%d (%s, %d chunks, %d held)",
@@ -345,78 +338,13 @@ class Updater:
         if assembler.is_complete(state):
             self._install(self._download)
 
-    def _abandon(self, dl: _Download) -> None:
+    def _abandon(self, dl: Download) -> None:
         self._link.unsubscribe(artifact_chunks(dl.manifest.artifact_id))
         self._downloads.discard(dl.manifest.artifact_id)
         if self._download is dl:
             self._download = None
 
-    # --- install --------------------------------------------------------------------
-
-    def _install(self, dl: _Download) -> None:
-        m = dl.manifest
-        state = self._state
-        try:
-            base = None
-            if m.encoding is Encoding.ZSTD_DELTA and state.active is not None:
-                base = self._slots.read(state.active)
-            artifact = dl.assembler.assemble(dl.state, dl.key, base=base)  # A4-A8
-        except (FedgeError, OSError) as exc:
-            self._abandon(dl)
-            logger.warning("artifact v%d refused: %s", m.version, _code(exc))
-            self._report(m.version, UpdateOutcome.FAILED, _code(exc))
-            return
-        target = state.active.other if state.active is not None else Slot.A  # I1
-        # The inactive slot's old record is void from here on: its file is being replaced.
-        slots = {k: v for k, v in state.slots.items() if k is not target}
-        try:
-            path = self._slots.write(target, artifact)
-            self._activate(path, str(m.version))  # probation: load + smoke inference
-        except Exception as exc:  # any probation failure rejects the model
-            self._revert(dl, target, state.model_copy(update={"slots": slots}), exc)
-            return
-        record = SlotRecord(
-            version=m.version, sha256=m.sha256, length=m.length, model_id=m.model_id
-        )
-        committed = state.model_copy(
-            update={
-                "active": target,
-                "slots": {**slots, target: record},
-                "floor": max(state.floor, m.version),
-                "revocations": dl.envelope.revocations
-                if dl.trust.revocations != self._trust.revocations
-                else state.revocations,
-            }
-        )
-        try:
-            self._store.save(committed)  # S2: the commit point
-        except OSError as exc:
-            self._revert(dl, target, state.model_copy(update={"slots": slots}), exc)
-            return
-        self._state, self._trust = committed, dl.trust
-        self._abandon(dl)
-        logger.info("committed v%d in slot %s", m.version, target)
-        self._report(m.version, UpdateOutcome.COMMITTED)
-
-    def _revert(self, dl: _Download, target: Slot, state: UpdaterState, exc: Exception) -> None:
-        """Probation or commit failed: erase the candidate and serve the committed slot."""
-        code = _code(exc)
-        logger.warning("v%d failed probation/commit (%s); reverting", dl.manifest.version, code)
-        try:
-            self._slots.erase(target)
-            if state != self._state:
-                self._store.save(state)
-                self._state = state
-        except OSError as err:
-            logger.error("cleanup after a failed install: %s", err.strerror)
-        active = self.active_model()
-        if active is not None:
-            try:
-                self._activate(*active)
-            except Exception:  # the committed model was serving before; keep trying later
-                logger.exception("could not re-activate the committed model")
-        self._abandon(dl)
-        self._report(dl.manifest.version, UpdateOutcome.FAILED, code)
+    # --- status ---------------------------------------------------------------------
 
     def _report(self, version: int, outcome: UpdateOutcome, reason: str | None = None) -> None:
         record = self._state.active_record
@@ -431,11 +359,3 @@ class Updater:
             self._on_status(report)
         except Exception:  # a reporting bug must not break an install
             logger.exception("status callback failed")
-
-
-def _code(exc: BaseException) -> str:
-    if isinstance(exc, FedgeError):
-        return exc.code
-    if isinstance(exc, OSError):
-        return "storage_error"
-    return "probation_failed"

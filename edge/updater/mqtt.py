@@ -123,6 +123,8 @@ class UpdaterClient:
         self._client = client
         self.link = MqttUpdaterLink(client)
         self.link.subscriptions.add(topics.device_manifest(keys.device_id))
+        self.link.subscriptions.add(topics.device_cmd(keys.device_id))
+        self.link.subscriptions.update(topics.group_cmd(g) for g in keys.groups)
         self.updater = Updater(
             device_id=keys.device_id,
             hardware_id=keys.hardware_id,
@@ -135,6 +137,7 @@ class UpdaterClient:
             activate=activate,
             on_status=self._publish_status,
             quiet_s=quiet_s,
+            groups=keys.groups,
         )
         self._worker = threading.Thread(target=self._run, name=f"updater-{keys.device_id}")
 
@@ -157,6 +160,11 @@ class UpdaterClient:
     def _dispatch(self, topic: str, payload: bytes) -> None:
         if topic == topics.device_manifest(self.keys.device_id):
             self.updater.handle_manifest(payload)
+            return
+        if topic == topics.device_cmd(self.keys.device_id) or topic in {
+            topics.group_cmd(g) for g in self.keys.groups
+        }:
+            self.updater.handle_command(payload)  # K1-K6 inside
             return
         try:
             parse_chunk_topic(topic)

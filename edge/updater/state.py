@@ -61,6 +61,8 @@ class UpdaterState(BaseModel):
             rollback target).
         floor: Anti-rollback high-water mark: the highest version ever committed (V6).
         revocations: The newest root-signed revocation list verified (rule T5).
+        command_seq: The highest command ``seq`` accepted (rule K6), saved before the
+            command is carried out so a replay is refused even after a crash.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -69,6 +71,7 @@ class UpdaterState(BaseModel):
     slots: dict[Slot, SlotRecord] = Field(default_factory=dict)
     floor: int = Field(default=0, ge=0)
     revocations: Envelope | None = None
+    command_seq: int = Field(default=0, ge=0)
 
     @property
     def active_record(self) -> SlotRecord | None:

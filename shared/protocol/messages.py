@@ -78,13 +78,15 @@ class _Envelope(BaseModel):
 
 
 class UpdateOutcome(StrEnum):
-    """What the updater last did with a delivered manifest (see ``docs/protocol.md`` §9)."""
+    """What the updater last did with a manifest or command (``docs/protocol.md`` §9)."""
 
     DOWNLOADING = "downloading"  # manifest verified, chunks being collected
     CHUNK_REJECTED = "chunk_rejected"  # one chunk refused; the download continues
     UP_TO_DATE = "up_to_date"  # the manifest of the installed version (e.g. retained)
     COMMITTED = "committed"  # installed, probation passed, state committed
     FAILED = "failed"  # refused or reverted: the previous model still serves
+    ROLLED_BACK = "rolled_back"  # a signed ``rollback`` command re-activated the other slot
+    COMMAND_FAILED = "command_failed"  # a command refused or not carried out; nothing changed
 
 
 class UpdateInfo(BaseModel):

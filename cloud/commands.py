@@ -1,0 +1,190 @@
+"""Send signed commands (``rollback``, ``report_missing``) to a device and await its answer.
+
+A command is signed by the coordinator key (root-certified for role ``coordinator``,
+``docs/protocol.md`` §6) and published at QoS 1 on ``fedge/v1/devices/{id}/cmd``. Its
+``seq`` is strictly increasing per key home: milliseconds since the epoch, but always
+above the last one issued (persisted in ``coordinator/command_seq``), so a clock step
+back cannot make a device refuse a fresh command as a replay (rule K6).
+
+The answer is the device's next (non-retained) status whose ``update.outcome`` is
+``rolled_back`` or ``command_failed``, or, for ``report_missing``, its resend request.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from cloud.coordinator_mqtt import CoordinatorLink, Incoming
+from cloud.keyfiles import write_public
+from cloud.keys import KeyHome
+from cloud.publisher import select_devices
+from shared.errors import ConfigError, FedgeError
+from shared.protocol import topics
+from shared.protocol.codec import decode_message_as
+from shared.protocol.delivery import (
+    Command,
+    CommandAction,
+    CommandMessage,
+    ResendRequest,
+    decode_delivery_as,
+    encode_delivery,
+    sign_command,
+)
+from shared.protocol.delivery_topics import device_requests
+from shared.protocol.messages import StatusMessage, UpdateOutcome
+
+__all__ = ["CommandResult", "build_command", "next_seq", "send_command"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TTL_S = 300
+"""A command is valid for five minutes (K4): long enough for a short reconnect."""
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What became of one command.
+
+    Attributes:
+        device_id: The target.
+        action: The command's action.
+        seq: Its sequence number.
+        outcome: ``rolled_back``, ``command_failed``, ``requested`` (a resend request
+            arrived) or ``timeout`` (no answer; the command may still be applied later).
+        reason: The device's reason code for ``command_failed``.
+        version: The version the device reported (the one now serving after a rollback).
+    """
+
+    device_id: str
+    action: str
+    seq: int
+    outcome: str
+    reason: str | None = None
+    version: int | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form."""
+        return dict(vars(self))
+
+
+def _seq_path(home: KeyHome) -> Path:
+    return home.path / "coordinator" / "command_seq"
+
+
+def next_seq(home: KeyHome, *, now: float | None = None) -> int:
+    """Allocate the next command sequence number (K6) and persist it atomically."""
+    path = _seq_path(home)
+    try:
+        last = int(path.read_text().strip()) if path.exists() else 0
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"unreadable command sequence file {path}") from exc
+    seq = max(int((time.time() if now is None else now) * 1000), last + 1)
+    write_public(path, f"{seq}\n".encode())
+    return seq
+
+
+def build_command(
+    home: KeyHome,
+    action: CommandAction,
+    device_id: str,
+    *,
+    to_version: int | None = None,
+    artifact_id: str | None = None,
+    ttl_s: int = DEFAULT_TTL_S,
+    now: float | None = None,
+) -> tuple[Command, CommandMessage]:
+    """Sign a command for one enrolled device.
+
+    Raises:
+        NotFoundError: the device is not enrolled or is revoked.
+        ConfigError: the key home is incomplete.
+    """
+    select_devices(home, [device_id], None)  # enrolled and not revoked
+    moment = time.time() if now is None else now
+    command = Command(
+        action=action,
+        device_id=device_id,
+        seq=next_seq(home, now=moment),
+        issued_at=int(moment) - 1,  # tolerate a device clock a second behind
+        expires=int(moment) + ttl_s,
+        artifact_id=artifact_id,
+        to_version=to_version,
+    )
+    key, certificate = home.coordinator_signer()
+    envelope = sign_command(command, key, certificate=certificate)
+    message = CommandMessage(device_id=device_id, sent_at=moment, envelope=envelope)
+    return command, message
+
+
+def _answer(command: Command, msg: Incoming) -> CommandResult | None:
+    """The device's answer to ``command`` in ``msg``, if it is one."""
+    device_id = command.device_id or ""
+    base = (device_id, str(command.action), command.seq)
+    if msg.retained:
+        return None  # an old status from before the command
+    if msg.topic == device_requests(device_id):
+        try:
+            decode_delivery_as(msg.payload, ResendRequest)
+        except FedgeError:
+            return None
+        if command.action is CommandAction.REPORT_MISSING:
+            return CommandResult(*base, outcome="requested")
+        return None
+    try:
+        status = decode_message_as(msg.payload, StatusMessage)
+    except FedgeError:
+        return None
+    update = status.update
+    if update is None or update.outcome not in (
+        UpdateOutcome.ROLLED_BACK,
+        UpdateOutcome.COMMAND_FAILED,
+    ):
+        return None
+    return CommandResult(
+        *base, outcome=str(update.outcome), reason=update.reason, version=update.version or None
+    )
+
+
+def send_command(
+    home: KeyHome,
+    action: CommandAction,
+    device_id: str,
+    *,
+    host: str,
+    port: int,
+    to_version: int | None = None,
+    artifact_id: str | None = None,
+    timeout_s: float = 30.0,
+) -> CommandResult:
+    """Sign, publish and wait for the device's answer (``timeout`` if none comes).
+
+    Raises:
+        ConfigError: broker unreachable or refused the coordinator.
+        NotFoundError: the device is not enrolled or is revoked.
+    """
+    link = CoordinatorLink(home, host=host, port=port, client_id=f"fedge-cmd-{uuid.uuid4().hex}")
+    link.connect([topics.device_status(device_id), device_requests(device_id)])
+    try:
+        command, message = build_command(
+            home, action, device_id, to_version=to_version, artifact_id=artifact_id
+        )
+        info = link.publish(topics.device_cmd(device_id), encode_delivery(message))
+        info.wait_for_publish(timeout_s)
+        logger.info("sent %s to %s (seq %d)", action, device_id, command.seq)
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                msg = link.inbox.get(timeout=min(left, 0.5))
+            except queue.Empty:
+                continue
+            answer = _answer(command, msg)
+            if answer is not None:
+                return answer
+        return CommandResult(device_id, str(action), command.seq, "timeout")
+    finally:
+        link.close()

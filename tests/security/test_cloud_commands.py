@@ -1,0 +1,41 @@
+"""``cloud.commands``: signed commands a device accepts, with strictly increasing ``seq``."""
+
+from __future__ import annotations
+
+import pytest
+
+from cloud.commands import build_command, next_seq
+from cloud.keys import KeyHome
+from shared.errors import NotFoundError
+from shared.protocol.delivery import CommandAction, verify_command
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> KeyHome:
+    home = KeyHome(tmp_path_factory.mktemp("cmd") / "keys")
+    home.init()
+    home.enroll_device("dev-a", hardware_id="hw-a")
+    return home
+
+
+def test_device_accepts_the_signed_command(home: KeyHome) -> None:
+    command, message = build_command(home, CommandAction.ROLLBACK, "dev-a", to_version=3)
+    verified = verify_command(
+        message.envelope,
+        home.trust_store(),
+        device_id="dev-a",
+        last_seq=0,
+        now=command.issued_at + 1,
+    )
+    assert verified == command and verified.to_version == 3
+
+
+def test_seq_strictly_increases_even_if_the_clock_steps_back(home: KeyHome) -> None:
+    first = next_seq(home, now=2_000_000_000)
+    assert next_seq(home, now=1_000_000_000) == first + 1  # K6 on the device would refuse
+    assert (home.path / "coordinator" / "command_seq").read_text().strip() == str(first + 1)
+
+
+def test_unknown_device_refused(home: KeyHome) -> None:
+    with pytest.raises(NotFoundError):
+        build_command(home, CommandAction.ROLLBACK, "dev-zz")
