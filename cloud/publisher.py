@@ -179,9 +179,21 @@ class Publisher:
         link.connect([topics.all_devices(topics.DeviceLeaf.STATUS), all_device_requests()])
         try:
             running = self._discover(link, devices, discover_s)
-            plans = self._plan(info.model, info.number, art.precision, data, devices, running)
+            # A device already above the target would refuse it as a rollback (the floor
+            # is per device, across model lines): say so instead of sending it.
+            newer = {d.device_id for d in devices if running.get(d.device_id, 0) > info.number}
+            for device_id in newer:
+                result = report.devices[device_id]
+                result.outcome, result.reason = Outcome.FAILED, "older_than_installed"
+            targets = [d for d in devices if d.device_id not in newer]
+            plans = self._plan(info.model, info.number, art.precision, data, targets, running)
             target = (info.model, info.number, art.precision)
-            _Run(self, link, plans, report, target, data).wait(timeout_s)
+            # Devices that already reported this version number before we sent anything:
+            # their status alone proves nothing (it may be another model with the same
+            # number), only their answer to this manifest does.
+            preexisting = {d for d, v in running.items() if v == info.number}
+            if targets:
+                _Run(self, link, plans, report, target, data, preexisting).wait(timeout_s)
         finally:
             report.bytes_sent = link.bytes_sent
             report.seconds = time.monotonic() - started
@@ -275,6 +287,9 @@ def _status(msg: Incoming) -> StatusMessage | None:
         return None
 
 
+_DONE = frozenset({UpdateOutcome.COMMITTED, UpdateOutcome.UP_TO_DATE})
+
+
 class _Run:
     """One publish in flight: sends, answers resend requests, collects outcomes."""
 
@@ -286,8 +301,10 @@ class _Run:
         report: PublishReport,
         target: tuple[str, int, str],
         data: bytes,
+        preexisting: set[str] | frozenset[str] = frozenset(),
     ) -> None:
         self.pub, self.link, self.report, self.data = pub, link, report, data
+        self.preexisting = set(preexisting)
         self.model, self.version, self.precision = target
         self.plans: dict[str, _Plan] = {}
         self.by_device: dict[str, _Plan] = {}
@@ -375,7 +392,13 @@ class _Run:
         result = self.report.devices[status.device_id]
         plan = self.by_device.get(status.device_id)
         update = status.update
-        if status.model_version == str(self.version):
+        outcome = update.outcome if update is not None and update.version == self.version else None
+        # The device's answer to this manifest decides. Its serving version alone counts
+        # only when it was not already at this number (another model may share it).
+        serving_it = (
+            status.model_version == str(self.version) and status.device_id not in self.preexisting
+        )
+        if outcome in _DONE or (serving_it and outcome is not UpdateOutcome.FAILED):
             result.outcome, result.reason = Outcome.COMMITTED, None
         elif update is None or update.version not in (0, self.version):
             return

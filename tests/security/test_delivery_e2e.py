@@ -172,6 +172,29 @@ def test_publish_reaches_every_device_then_upgrades(world: World, models: BuiltM
         assert world.clients[d].updater.state.floor == 2
 
 
+def test_another_model_with_an_old_version_number_is_never_reported_committed(
+    world: World, models: BuiltModels
+) -> None:
+    """The floor is one number per device across model lines: ``other@1`` after ``cnn@1``
+    is refused by the device as a replay, and below the floor the publisher refuses it
+    up front; the publisher must not mistake the device's old "serving 1" for success."""
+    device = DEVICES[0]
+    world.start_device(device)
+    assert world.publish("cnn@1", (device,)).devices[device].outcome is Outcome.COMMITTED
+    art = NewArtifact("tflite", "int8", models.int8_b.read_bytes(), ArtifactStatus.APPROVED)
+    other = world.registry.create_version(
+        "other", spec={}, source=VersionSource.TRAINED, artifacts=[art]
+    )
+    result = world.publish(other.ref, (device,)).devices[device]
+    assert (result.outcome, result.reason) == (Outcome.FAILED, "replay")
+    _assert_serving(world, device, "1", models.int8_a)
+
+    assert world.publish("cnn@2", (device,)).devices[device].outcome is Outcome.COMMITTED
+    result = world.publish(other.ref, (device,)).devices[device]
+    assert (result.outcome, result.reason) == (Outcome.FAILED, "older_than_installed")
+    _assert_serving(world, device, "2", models.int8_b)
+
+
 def test_rejected_artifact_is_never_published(world: World) -> None:
     with pytest.raises(NotDeployableError):
         world.publish("cnn@3")
