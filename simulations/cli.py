@@ -15,6 +15,7 @@ import typer
 
 from cloud.broker_cli import broker_app
 from cloud.cli import cloud_app, models_app
+from cloud.commands_cli import register as register_commands
 from cloud.federation.cli import register as register_federate
 from cloud.keys_cli import keys_app
 from cloud.publish_cli import register as register_publish
@@ -27,6 +28,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 register_publish(cloud_app)
+register_commands(cloud_app)
 register_federate(cloud_app)
 app.add_typer(cloud_app, name="cloud")
 app.add_typer(models_app, name="models")
