@@ -114,9 +114,10 @@ def build_models(data: str, epochs: int, seed: int, cache: Path | None) -> dict[
     import torch
 
     from cloud.data import load_dataset, stratified_split
-    from cloud.quantization.convert import Precision, export_float_tflite, quantize_tflite
+    from cloud.quantization.convert import export_float_tflite, quantize_tflite
     from cloud.training import ModelSpec, TrainConfig, train
     from cloud.training.trainer import evaluate_torch
+    from shared.precision import Precision
 
     torch.set_num_threads(2)
     dataset = load_dataset(data)

@@ -17,12 +17,7 @@ from typing import Any, Literal
 import numpy as np
 
 from cloud.data import split_from_record
-from cloud.quantization.convert import (
-    FALLBACK_CHAIN,
-    Precision,
-    export_float_tflite,
-    quantize_tflite,
-)
+from cloud.quantization.convert import FALLBACK_CHAIN, export_float_tflite, quantize_tflite
 from cloud.quantization.litert_eval import evaluate_tflite
 from cloud.quantization.quiet import native_output_captured
 from cloud.registry import ArtifactStatus, Registry
@@ -30,6 +25,7 @@ from cloud.registry.registry import NewArtifact
 from cloud.training import ModelSpec, evaluate_torch
 from cloud.training.serialize import model_from_bytes
 from shared.errors import QuantizationError, RegistryError
+from shared.precision import Precision
 
 log = logging.getLogger(__name__)
 

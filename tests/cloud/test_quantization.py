@@ -7,8 +7,9 @@ import pytest
 
 from cloud.data import split_from_record
 from cloud.quantization import LiteRTRunner, quantize_version
-from cloud.quantization.convert import Precision, quantize_tflite
+from cloud.quantization.convert import quantize_tflite
 from shared.errors import NotDeployableError, QuantizationError, RegistryError
+from shared.precision import Precision
 
 
 def test_int8_artifact_is_full_integer_and_accurate(quantized_digits) -> None:  # type: ignore[no-untyped-def]
