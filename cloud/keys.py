@@ -42,6 +42,7 @@ from shared.artifacts.trust import (
     sign_revocations,
 )
 from shared.crypto import PrivateKey, SigningKey, VerifyKey
+from shared.crypto.nodeauth import make_node_auth_key
 from shared.crypto.tls import TlsIdentity, issue_client_cert, issue_server_cert, make_ca
 from shared.errors import ConfigError, NotFoundError
 
@@ -77,6 +78,9 @@ class DeviceRecord(BaseModel):
     password_hash: str
     enrolled_at: int
     revoked: bool = False
+    # OpenSSH P-384 public key the SuperLink admits (``flwr supernode register``); empty
+    # for devices enrolled before Deployment-Engine federation existed.
+    supernode_public: str = ""
 
 
 def _epoch(now: datetime) -> int:
@@ -362,6 +366,9 @@ class KeyHome:
         write_public(d / "client.crt", client.cert_pem)
         write_private(d / "client.key", client.key_pem)
         write_private(d / "broker.password", password.encode())
+        node_key = make_node_auth_key()  # Flower's SuperNode auth needs a NIST-curve key
+        write_private(d / "supernode.key", node_key.private_openssh)
+        write_public(d / "supernode.pub", node_key.public_openssh)
         write_public(d / "coordinator.pub", (self.path / "coordinator" / "box.pub").read_bytes())
         revs = self.revocations()
         if revs is not None:
@@ -374,6 +381,7 @@ class KeyHome:
             signing_public=b64encode(signing.verify_key.to_bytes()),
             password_hash=hash_password(password),
             enrolled_at=_epoch(now),
+            supernode_public=node_key.public_openssh.decode(),
         )
         self._save_fleet(fleet)
         log.info("enrolled device %s", device_id)

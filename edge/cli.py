@@ -237,3 +237,44 @@ def serve(
     typer.echo(f"serving on {server.url} (POST /v1/infer, GET /v1/health)")
     stop.wait()
     server.stop()
+
+
+@edge_app.command("supernode")
+def supernode(
+    superlink: Annotated[
+        str, typer.Option(envvar="FEDGE_SUPERLINK", help="Coordinator's SuperLink HOST:PORT.")
+    ],
+    bundle: Annotated[
+        Path,
+        typer.Option(envvar="FEDGE_BUNDLE", help="Enrollment bundle (ca.crt, supernode.key)."),
+    ],
+    data: Annotated[
+        Path,
+        typer.Option(envvar="FEDGE_TRAIN_DATA", help="Local training .npz, or DIR/train.npz."),
+    ],
+    runtime_port: Annotated[
+        int, typer.Option(help="Loopback port of the SuperNode's own runtime API.")
+    ] = 9094,
+    state_dir: Annotated[
+        Path, typer.Option(envvar="FEDGE_STATE_DIR", help="Device state (Flower's under flower/).")
+    ] = Path(".fedge/edge"),
+    log_level: Annotated[str, typer.Option(envvar="FEDGE_LOG_LEVEL")] = "info",
+) -> None:
+    """Run this device's Flower SuperNode (TLS + key auth), restarting it if it dies."""
+    from edge.learning.supernode import SuperNodeConfig, SuperNodeSupervisor
+
+    _setup_logging(log_level)
+    try:
+        config = SuperNodeConfig.from_bundle(
+            superlink, bundle, data, runtime_port=runtime_port, flwr_home=state_dir / "flower"
+        )
+        node = SuperNodeSupervisor(config)
+        node.start()
+    except FedgeError as exc:
+        _fail(exc)
+        return
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    node.stop()

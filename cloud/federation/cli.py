@@ -1,4 +1,4 @@
-"""``fedge cloud federate``: run federated learning on Flower's Simulation Engine.
+"""``fedge cloud federate``: federated learning on Flower's Simulation or Deployment Engine.
 
 Wire it with ``from cloud.federation.cli import register; register(cloud_app)`` in
 ``cloud/cli.py``. Heavy imports (torch, Flower, Ray) happen inside the command so
@@ -8,7 +8,7 @@ Wire it with ``from cloud.federation.cli import register; register(cloud_app)`` 
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -43,9 +43,29 @@ def federate_cmd(
     max_drop: Annotated[float, typer.Option(help="int8 accuracy budget in points.")] = 1.0,
     seed: Annotated[int, typer.Option()] = 0,
     num_cpus: Annotated[int, typer.Option(min=1, help="CPUs the simulation may use.")] = 2,
+    secagg: Annotated[
+        bool | None,
+        typer.Option(
+            "--secagg/--no-secagg",
+            help="Secure aggregation (SecAgg+); default on for fedavg, fedprox and fedadam.",
+        ),
+    ] = None,
+    secagg_timeout: Annotated[
+        float, typer.Option(help="Seconds each SecAgg+ stage waits for devices.")
+    ] = 120.0,
     client_app: Annotated[
-        str, typer.Option(help="ClientApp reference module:attribute.")
-    ] = "edge.learning.client_app:app",
+        str | None,
+        typer.Option(help="ClientApp reference module:attribute (default by --secagg)."),
+    ] = None,
+    engine: Annotated[
+        str, typer.Option(help="simulation (Ray, virtual devices) or deployment (SuperLink).")
+    ] = "simulation",
+    superlink_host: Annotated[
+        str, typer.Option(help="Deployment: address the SuperLink binds.")
+    ] = "127.0.0.1",
+    superlink_port: Annotated[
+        int, typer.Option(help="Deployment: SuperLink HTTPS port (0 = any free port).")
+    ] = 9093,
     verbose: Annotated[bool, typer.Option(help="Show Flower's own log.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
@@ -87,13 +107,20 @@ def federate_cmd(
             model_name=name,
             quantize=quantize,
             max_drop=max_drop,
+            secure_aggregation=secagg,
+            secagg_timeout=secagg_timeout,
         )
+        if engine not in ("simulation", "deployment"):
+            raise typer.BadParameter("use simulation or deployment", param_hint="--engine")
         registry = open_registry()
         try:
-            with err_console.status(f"federating {plan.run_id}"):
-                result = run_simulated_federation(
-                    plan, registry, on_round=on_round, client_app=client_app, num_cpus=num_cpus
-                )
+            if engine == "deployment":
+                result = _deploy(plan, on_round, client_app, superlink_host, superlink_port)
+            else:
+                with err_console.status(f"federating {plan.run_id}"):
+                    result = run_simulated_federation(
+                        plan, registry, on_round=on_round, client_app=client_app, num_cpus=num_cpus
+                    )
         finally:
             registry.close()
     if json_out:
@@ -103,6 +130,23 @@ def federate_cmd(
     out_console.print(
         f"run {result.run_id}: best {result.best_version}; "
         f"quantized {q.get('selected') or 'no'}; deployable {result.deployable}"
+    )
+
+
+def _deploy(plan: Any, on_round: Any, client_app: str | None, host: str, port: int) -> Any:
+    """Run ``plan`` on the Deployment Engine with the enrolled fleet as SuperNodes."""
+    from cloud.config import Settings
+    from cloud.federation.deployment import RegistryLocation, run_fleet_federation
+
+    settings = Settings()
+    return run_fleet_federation(
+        plan,
+        home=settings.home,
+        registry=RegistryLocation(settings.resolved_database_url, settings.artifact_dir),
+        host=host,
+        port=port or None,
+        on_round=on_round,
+        client_app=client_app,
     )
 
 

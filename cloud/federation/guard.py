@@ -13,13 +13,19 @@ A reply is rejected (logged, counted, left out of the aggregate; the round goes 
 * the payload is larger than ``max_update_bytes`` (checked before decoding);
 * its tensors do not match the global model's names and shapes;
 * it holds NaN or infinity, or its L2 norm exceeds ``max_delta_norm``.
+
+With :class:`UpdateKeys` (required for trimmed-mean/median, which see individual updates)
+every update must also arrive sealed to the coordinator and signed by an enrolled device
+(:mod:`shared.crypto.sealed_update`); it is opened and verified *before* decoding, and
+rejected when unsealed, unsigned, signed by another key, tampered, bound to another run,
+round or device, or a second update from the same device in one round.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -29,7 +35,10 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from shared.compression import MalformedUpdateError, decode_update, float32_nbytes
-from shared.errors import FedgeError
+from shared.crypto import PrivateKey, VerifyKey
+from shared.crypto.seal import SEAL_OVERHEAD
+from shared.crypto.sealed_update import SIGNATURE_BYTES, open_update
+from shared.errors import FedgeError, SecurityError
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +72,19 @@ class RoundTraffic:
     raw_bytes_up: int = 0
 
 
+@dataclass(frozen=True)
+class UpdateKeys:
+    """What the guard needs to open sealed updates.
+
+    Attributes:
+        coordinator: The coordinator's X25519 key (devices seal to its public half).
+        devices: Enrolled, non-revoked devices' Ed25519 keys by device id.
+    """
+
+    coordinator: PrivateKey
+    devices: Mapping[str, VerifyKey]
+
+
 class UpdateGuard(Strategy):
     """Wrap ``inner`` so it only ever aggregates decoded, validated client updates.
 
@@ -71,6 +93,7 @@ class UpdateGuard(Strategy):
         run_id: Stamped into every train config; replies must echo it.
         max_update_bytes: Largest accepted payload; ``None`` allows 1.1x float32 size.
         max_delta_norm: Largest accepted L2 norm of a delta; ``None`` disables the check.
+        keys: Require sealed, signed updates and open them with these keys.
     """
 
     def __init__(
@@ -80,8 +103,11 @@ class UpdateGuard(Strategy):
         run_id: str,
         max_update_bytes: int | None = None,
         max_delta_norm: float | None = None,
+        keys: UpdateKeys | None = None,
     ) -> None:
         self.inner = inner
+        self.keys = keys
+        self._senders: set[str] = set()
         self.run_id = run_id
         self.max_update_bytes = max_update_bytes
         self.max_delta_norm = max_delta_norm
@@ -103,6 +129,7 @@ class UpdateGuard(Strategy):
     ) -> Iterable[Message]:
         """Stamp run and round, remember the global weights, count the bytes sent down."""
         config["run-id"] = self.run_id
+        config["seal-updates"] = self.keys is not None
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
         self.begin_round(server_round, arrays, sampled=len(messages))
         return messages
@@ -110,6 +137,7 @@ class UpdateGuard(Strategy):
     def begin_round(self, server_round: int, arrays: ArrayRecord, *, sampled: int) -> None:
         """Remember the global weights a round's deltas apply to, and the bytes sent down."""
         self._global = {k: v.numpy() for k, v in arrays.items()}
+        self._senders = set()
         self.traffic[server_round] = RoundTraffic(
             sampled=sampled, bytes_down=sampled * float32_nbytes(self._global)
         )
@@ -158,7 +186,14 @@ class UpdateGuard(Strategy):
         """
         update = content.config_records.get("update")
         metrics = content.metric_records.get("metrics")
-        if update is None or metrics is None or not isinstance(update.get("payload"), bytes):
+        if update is None or metrics is None:
+            raise RejectedUpdateError("reply has no update payload or metrics")
+        raw = float32_nbytes(self._global)
+        limit = self.max_update_bytes if self.max_update_bytes is not None else int(raw * 1.1)
+        if self.keys is not None:
+            # Open before anything else is believed, including run-id/round below.
+            update["payload"] = self._open(server_round, update, limit)
+        if not isinstance(update.get("payload"), bytes):
             raise RejectedUpdateError("reply has no update payload or metrics")
         if update.get("run-id") != self.run_id or update.get("server-round") != server_round:
             raise RejectedUpdateError(
@@ -169,8 +204,6 @@ class UpdateGuard(Strategy):
         if not isinstance(examples, int) or examples < 1:
             raise RejectedUpdateError(f"num-examples must be a positive int, got {examples!r}")
         payload = cast(bytes, update["payload"])
-        raw = float32_nbytes(self._global)
-        limit = self.max_update_bytes if self.max_update_bytes is not None else int(raw * 1.1)
         if len(payload) > limit:
             raise RejectedUpdateError(f"update of {len(payload)} bytes exceeds {limit}")
         try:
@@ -190,7 +223,38 @@ class UpdateGuard(Strategy):
         slim = MetricRecord(
             {"num-examples": examples, "train-loss": loss if isinstance(loss, float) else 0.0}
         )
-        return RecordDict({"arrays": ArrayRecord(restored), "metrics": slim}), len(payload), raw
+        return (
+            RecordDict({"arrays": ArrayRecord(restored), "metrics": slim}),
+            _payload_size(content),
+            raw,
+        )
+
+    def _open(self, server_round: int, update: ConfigRecord, limit: int) -> bytes:
+        """Open and verify a sealed update (rule: sealed, signed, bound to run/round/device)."""
+        assert self.keys is not None
+        sealed, device = update.get("sealed"), update.get("device-id")
+        if not isinstance(sealed, bytes) or not isinstance(device, str):
+            raise RejectedUpdateError("update is not sealed and signed")
+        if len(sealed) > limit + SEAL_OVERHEAD + SIGNATURE_BYTES:
+            raise RejectedUpdateError(f"sealed update of {len(sealed)} bytes exceeds {limit}")
+        if device in self._senders:
+            raise RejectedUpdateError(f"second update from device {device!r} in this round")
+        try:
+            payload = open_update(
+                sealed,
+                coordinator=self.keys.coordinator,
+                devices=self.keys.devices,
+                run_id=self.run_id,
+                server_round=server_round,
+                device_id=device,
+            )
+        except SecurityError as exc:
+            # Wrong run/round (replay), tampering and a foreign box look alike on purpose.
+            raise RejectedUpdateError(
+                f"update claimed by {device!r} failed verification ({exc.code})"
+            ) from exc
+        self._senders.add(device)
+        return payload
 
     def check_delta(self, delta: dict[str, np.ndarray]) -> None:
         """Names, shapes, finiteness and (optionally) norm of a decoded delta."""
@@ -222,5 +286,7 @@ class UpdateGuard(Strategy):
 
 def _payload_size(content: RecordDict) -> int:
     update = content.config_records.get("update")
-    payload = update.get("payload") if update is not None else None
+    if update is None:
+        return 0
+    payload = update.get("sealed", update.get("payload"))
     return len(payload) if isinstance(payload, bytes) else 0

@@ -6,8 +6,9 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from cloud.federation.strategies import Participation
+from cloud.federation.strategies import ROBUST, Participation
 from shared.compression import UpdateMode
+from shared.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,10 @@ class FederationPlan:
         max_update_bytes: Largest accepted update (default 1.1x the float32 model).
         max_delta_norm: Largest accepted update L2 norm (default: unchecked).
         run_id: Identifies the run in lineage and in every update (default random).
+        secure_aggregation: Run rounds under SecAgg+ (``None``: on for FedAvg, FedProx and
+            FedAdam; robust strategies need individual updates and cannot use it).
+        secagg_timeout: Seconds each SecAgg+ stage waits for replies before treating the
+            silent devices as dropped.
     """
 
     data: str = "digits"
@@ -60,6 +65,23 @@ class FederationPlan:
     max_update_bytes: int | None = None
     max_delta_norm: float | None = None
     run_id: str = field(default_factory=lambda: f"run-{uuid.uuid4().hex[:10]}")
+    secure_aggregation: bool | None = None
+    secagg_timeout: float = 120.0
+
+    def __post_init__(self) -> None:
+        if self.secure_aggregation and self.strategy in ROBUST:
+            raise ConfigError(
+                f"{self.strategy} needs individual updates, so it cannot run under SecAgg+"
+            )
+        if self.secagg_timeout <= 0:
+            raise ConfigError("secagg_timeout must be positive")
+
+    @property
+    def uses_secagg(self) -> bool:
+        """Whether rounds run under SecAgg+ (the default unless the strategy is robust)."""
+        if self.secure_aggregation is None:
+            return self.strategy not in ROBUST
+        return self.secure_aggregation
 
 
 @dataclass(frozen=True)

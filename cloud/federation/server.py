@@ -19,9 +19,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from cloud.data import Split, data_record, load_dataset, stratified_split
-from cloud.federation.guard import RoundTraffic, UpdateGuard
+from cloud.federation.guard import RoundTraffic, UpdateGuard, UpdateKeys
 from cloud.federation.plan import FederationPlan, FederationResult, RoundReport
-from cloud.federation.strategies import make_strategy
+from cloud.federation.strategies import ROBUST, make_strategy
 from cloud.registry import ArtifactStatus, Registry, VersionSource
 from cloud.registry.registry import NewArtifact
 from cloud.training import ModelSpec, build_model, default_arch, evaluate_torch
@@ -43,6 +43,11 @@ class FederationRunner:
         registry: Where round versions are stored.
         on_round: Streams each round's report as it finishes.
         extra_train_config: Added to every train config (the simulation's partition dir).
+        update_keys: Keys to open sealed, signed updates; required by robust strategies
+            (trimmed mean, median), which see every individual update.
+
+    Raises:
+        ConfigError: unknown update mode, or a robust strategy without ``update_keys``.
     """
 
     def __init__(
@@ -52,9 +57,15 @@ class FederationRunner:
         *,
         on_round: RoundCallback | None = None,
         extra_train_config: dict[str, Any] | None = None,
+        update_keys: UpdateKeys | None = None,
     ) -> None:
         if plan.update_mode not in UPDATE_MODES:
             raise ConfigError(f"unknown update mode {plan.update_mode!r}; use {UPDATE_MODES}")
+        if plan.strategy in ROBUST and update_keys is None:
+            raise ConfigError(
+                f"{plan.strategy} sees individual updates: it needs the coordinator's keys "
+                "so devices can seal and sign them"
+            )
         self.plan = plan
         self.registry = registry
         self.on_round = on_round or (lambda _r: None)
@@ -74,13 +85,22 @@ class FederationRunner:
             torch.manual_seed(plan.seed)
             model = build_model(self.spec)
         self.initial = ArrayRecord(model.state_dict())
-        self.model_name = plan.model_name or f"{self.spec.arch}-{self.dataset.name}-fl"
+        # Rounds continue the model line they start from, so their version numbers keep
+        # rising: a device's anti-rollback floor is one number across everything it runs.
+        self.model_name = plan.model_name or (
+            registry.get_version(plan.init_version).model
+            if plan.init_version
+            else f"{self.spec.arch}-{self.dataset.name}-fl"
+        )
         self.guard = UpdateGuard(
             make_strategy(plan.strategy, plan.participation, proximal_mu=plan.proximal_mu),
             run_id=plan.run_id,
             max_update_bytes=plan.max_update_bytes,
             max_delta_norm=plan.max_delta_norm,
+            keys=update_keys,
         )
+        # Per-round traffic: filled by the guard (plain path) or the SecAgg+ grid.
+        self.traffic: dict[int, RoundTraffic] = self.guard.traffic
         self.extra_train_config = dict(extra_train_config or {})
         self.result = FederationResult(plan.run_id, plan.strategy, initial_accuracy=float("nan"))
         self.error: BaseException | None = None
@@ -112,7 +132,7 @@ class FederationRunner:
             self.result.initial_accuracy = accuracy
             log.info("run %s: starting model accuracy %.4f", self.plan.run_id, accuracy)
         else:
-            traffic = self.guard.traffic.get(server_round, RoundTraffic())
+            traffic = self.traffic.get(server_round, RoundTraffic())
             report = self._record_round(server_round, model, accuracy, loss, traffic)
             self.result.rounds.append(report)
             self.on_round(report)
@@ -138,7 +158,9 @@ class FederationRunner:
             "rejected": len(traffic.rejected),
             "bytes_up": traffic.bytes_up,
             "bytes_down": traffic.bytes_down,
-            "update_mode": self.plan.update_mode,
+            # Under SecAgg+ devices upload masked deltas; update_mode then does not apply.
+            "update_mode": "secagg+" if self.plan.uses_secagg else self.plan.update_mode,
+            "secure_aggregation": self.plan.uses_secagg,
         }
         version = self.registry.create_version(
             self.model_name,
@@ -178,6 +200,10 @@ class FederationRunner:
             train_config=self.train_config(),
             evaluate_fn=self.evaluate,
         )
+        return self.finish()
+
+    def finish(self) -> FederationResult:
+        """Pick the best round and quantize it if asked (both round drivers end here)."""
         if self._best is not None:
             self.result.best_version = self._best[1]
             if self.plan.quantize:
@@ -199,9 +225,15 @@ class FederationRunner:
     def server_app(self) -> ServerApp:
         """A ``ServerApp`` whose main runs this federation; errors are kept in ``self.error``.
 
-        Flower runs the ServerApp in its own thread and only logs what it raises, so the
-        exception is stored for the caller to re-raise.
+        Under SecAgg+ (the plan's default for FedAvg-family strategies) this is the legacy
+        SecAgg+ workflow of :mod:`cloud.federation.secagg`; otherwise the guarded
+        Message-API strategy. Flower runs the ServerApp in its own thread and only logs
+        what it raises, so the exception is stored for the caller to re-raise.
         """
+        if self.plan.uses_secagg:
+            from cloud.federation.secagg import secagg_server_app
+
+            return secagg_server_app(self)
         app = ServerApp()
 
         @app.main()

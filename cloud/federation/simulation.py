@@ -12,12 +12,16 @@ import importlib
 import logging
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from cloud.federation.partition import partition
 from cloud.federation.plan import FederationPlan, FederationResult
+from cloud.federation.sealing import enroll_simulated_devices
+from cloud.federation.secagg import DEFAULT_SECAGG_CLIENT_APP
 from cloud.federation.server import FederationRunner, RoundCallback
+from cloud.federation.strategies import ROBUST
 from cloud.registry import Registry
 from shared.errors import ConfigError, FedgeError
 
@@ -63,7 +67,7 @@ def run_simulated_federation(
     registry: Registry,
     *,
     on_round: RoundCallback | None = None,
-    client_app: str = DEFAULT_CLIENT_APP,
+    client_app: str | None = None,
     num_cpus: int = 2,
     workdir: Path | None = None,
 ) -> FederationResult:
@@ -73,7 +77,8 @@ def run_simulated_federation(
         plan: The run.
         registry: Where round versions (and the quantized artifacts) go.
         on_round: Streams each round's report.
-        client_app: ``module:attribute`` of the ClientApp the devices run.
+        client_app: ``module:attribute`` of the ClientApp the devices run (default: the
+            SecAgg+ ClientApp when the plan uses SecAgg+, else the plain one).
         num_cpus: CPUs Ray may use; each client takes one, so this bounds parallelism.
         workdir: Where partitions are written (default: a temporary directory).
 
@@ -82,10 +87,18 @@ def run_simulated_federation(
     """
     from flwr.simulation import run_simulation
 
+    if client_app is None:
+        client_app = DEFAULT_SECAGG_CLIENT_APP if plan.uses_secagg else DEFAULT_CLIENT_APP
     app = load_client_app(client_app)
     with tempfile.TemporaryDirectory(prefix="fedge-partitions-", dir=workdir) as tmp:
+        extra: dict[str, Any] = {"partition-dir": tmp}
+        keys = None
+        if plan.strategy in ROBUST:
+            # Robust strategies read individual updates: virtual devices get real keys.
+            keys, bundles = enroll_simulated_devices(Path(tmp) / "keys", plan.num_clients)
+            extra["bundle-root"] = str(bundles)
         runner = FederationRunner(
-            plan, registry, on_round=on_round, extra_train_config={"partition-dir": tmp}
+            plan, registry, on_round=on_round, extra_train_config=extra, update_keys=keys
         )
         sizes = write_partitions(runner, Path(tmp))
         log.info("run %s: %d clients with %s samples", plan.run_id, len(sizes), sizes)

@@ -11,23 +11,30 @@ weights, train on local data, and reply with the *delta* (local - global) compre
 Config keys read (all optional except the model spec): ``arch``, ``input-shape``,
 ``num-classes``, ``local-epochs``, ``lr``, ``batch-size``, ``proximal-mu`` (FedProx),
 ``update-mode`` (``fp32|int8|topk``), ``topk-fraction``, ``error-feedback``,
-``partition-dir`` (simulation only), ``run-id``, ``server-round``.
+``partition-dir`` (simulation only), ``run-id``, ``server-round``, ``seal-updates`` (robust
+strategies: the update goes as ``sealed`` + ``device-id`` instead of ``payload``, sealed to
+the coordinator and signed with the device key; see ``shared.crypto.sealed_update``) and
+``bundle-root`` (simulation only: where the virtual devices' bundles are).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import cast
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from torch import nn
 
+from edge.keystore import load_device_keys
 from edge.learning.data import LocalData, load_local_data, partition_path
 from edge.learning.local import LocalTrainConfig, evaluate_local, train_local
 from edge.learning.models import LocalModelSpec, build_local_model
 from shared.compression import UPDATE_MODES, UpdateMode, encode_update
+from shared.crypto.sealed_update import seal_update
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +44,7 @@ RESIDUAL_KEY = "fedge-residual"
 app = ClientApp()
 
 
-def _local_data(context: Context, config: ConfigRecord) -> LocalData:
+def local_data(context: Context, config: Mapping[str, Any]) -> LocalData:
     """The device's data: an explicit node path, else the simulation partition."""
     node = context.node_config
     if "data-path" in node:
@@ -49,16 +56,33 @@ def _local_data(context: Context, config: ConfigRecord) -> LocalData:
     raise ValueError("no local data: set node_config data-path (or partition-dir in simulation)")
 
 
-def _spec(config: ConfigRecord) -> LocalModelSpec:
-    shape = cast(list[int], config["input-shape"])
+def device_bundle(context: Context, config: Mapping[str, Any]) -> Path:
+    """The device's enrollment bundle: ``node_config["key-dir"]``, or in simulation
+    ``<bundle-root>/sim-<partition-id>`` (virtual devices enrolled by the coordinator)."""
+    node = context.node_config
+    if "key-dir" in node:
+        return Path(str(node["key-dir"]))
+    if "bundle-root" in config and "partition-id" in node:
+        return Path(str(config["bundle-root"])) / f"sim-{int(cast(int, node['partition-id']))}"
+    raise ValueError("sealed updates need node_config key-dir (the enrollment bundle)")
+
+
+def model_spec(config: Mapping[str, Any]) -> LocalModelSpec:
+    """The architecture the server named in its train config.
+
+    ``input-shape`` is a list, or ``"1,8,8"`` from the legacy (SecAgg+) API, whose config
+    values must be scalars.
+    """
+    raw = config["input-shape"]
+    shape = [int(d) for d in raw.split(",")] if isinstance(raw, str) else cast(list[int], raw)
     return LocalModelSpec(
         str(config["arch"]), tuple(int(d) for d in shape), int(cast(int, config["num-classes"]))
     )
 
 
-def _model_with(arrays: ArrayRecord, config: ConfigRecord) -> nn.Module:
+def model_with(arrays: ArrayRecord, config: Mapping[str, Any]) -> nn.Module:
     """The architecture the server named, holding the global weights it sent."""
-    model = build_local_model(_spec(config))
+    model = build_local_model(model_spec(config))
     model.load_state_dict(arrays.to_torch_state_dict())
     return model
 
@@ -68,8 +92,8 @@ def train(msg: Message, context: Context) -> Message:
     """Fine-tune the global model locally and reply with a compressed delta."""
     config = cast(ConfigRecord, msg.content["config"])
     arrays = cast(ArrayRecord, msg.content["arrays"])
-    data = _local_data(context, config)
-    model = _model_with(arrays, config)
+    data = local_data(context, config)
+    model = model_with(arrays, config)
     server_round = int(cast(int, config.get("server-round", 0)))
     partition = int(cast(int, context.node_config.get("partition-id", 0)))
     train_config = LocalTrainConfig(
@@ -115,14 +139,22 @@ def train(msg: Message, context: Context) -> Message:
         len(encoded.payload),
         encoded.ratio,
     )
-    update = ConfigRecord(
-        {
-            "payload": encoded.payload,
-            "mode": mode,
-            "run-id": str(config.get("run-id", "")),
-            "server-round": server_round,
-        }
-    )
+    run_id = str(config.get("run-id", ""))
+    update = ConfigRecord({"mode": mode, "run-id": run_id, "server-round": server_round})
+    if config.get("seal-updates", False):
+        # The server sees individual updates (robust strategy): seal and sign them.
+        keys = load_device_keys(device_bundle(context, config))
+        update["device-id"] = keys.device_id
+        update["sealed"] = seal_update(
+            encoded.payload,
+            coordinator=keys.coordinator_box,
+            signer=keys.signing_key,
+            run_id=run_id,
+            server_round=server_round,
+            device_id=keys.device_id,
+        )
+    else:
+        update["payload"] = encoded.payload
     metrics = MetricRecord(
         {
             "num-examples": len(data),
@@ -138,8 +170,8 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the global model on local data (federated evaluation)."""
     config = cast(ConfigRecord, msg.content["config"])
-    data = _local_data(context, config)
-    model = _model_with(cast(ArrayRecord, msg.content["arrays"]), config)
+    data = local_data(context, config)
+    model = model_with(cast(ArrayRecord, msg.content["arrays"]), config)
     accuracy, loss = evaluate_local(model, data)
     metrics = MetricRecord({"num-examples": len(data), "accuracy": accuracy, "loss": loss})
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)

@@ -20,7 +20,14 @@ from cloud.registry import Registry, VersionSource
 @pytest.mark.parametrize("registry", ["sqlite"], indirect=True)
 def test_fedavg_rounds_improve_and_land_in_the_registry_with_lineage(registry: Registry) -> None:
     streamed: list[RoundReport] = []
-    plan = FederationPlan(data="digits", num_clients=3, rounds=3, local_epochs=2, run_id="run-t1")
+    plan = FederationPlan(
+        data="digits",
+        num_clients=3,
+        rounds=3,
+        local_epochs=2,
+        run_id="run-t1",
+        secure_aggregation=False,  # this test is about the plain int8 path
+    )
     result = run_simulated_federation(plan, registry, on_round=streamed.append)
 
     assert [r.round for r in streamed] == [1, 2, 3]
@@ -71,6 +78,7 @@ def test_cli_federate_streams_json_and_survives_a_nan_client() -> None:
             "--min-clients", "2",
             "--local-epochs", "3",
             "--no-quantize",
+            "--no-secagg",
             "--client-app", "tests.federation.faulty_client:app",
             "--json",
         ],
