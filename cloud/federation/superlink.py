@@ -68,6 +68,9 @@ def flower_env(flwr_home: Path) -> dict[str, str]:
     Flower, which costs ~15 s on a machine without internet access.
     """
     env = dict(os.environ)
+    # Flower's processes start their helpers (``flower-superexec``, ``flwr-serverapp``) by
+    # name: put this interpreter's scripts first on PATH, or an un-activated venv fails.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["FLWR_HOME"] = str(flwr_home)
     env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
     return env

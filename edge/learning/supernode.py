@@ -139,6 +139,10 @@ class SuperNodeSupervisor:
         self.config = config
         # No update check: it asks PyPI first and stalls ~15 s on an offline device.
         self.env = {**os.environ, "FLWR_DISABLE_UPDATE_CHECK": "1", **(env or {})}
+        # The SuperNode starts ``flwr-clientapp`` by name: this interpreter's scripts first.
+        self.env["PATH"] = os.pathsep.join(
+            [str(Path(sys.executable).parent), self.env.get("PATH", "")]
+        )
         if config.flwr_home is not None:
             config.flwr_home.mkdir(parents=True, exist_ok=True)
             self.env["FLWR_HOME"] = str(config.flwr_home)

@@ -2,8 +2,9 @@
 
 The SuperLink serves TLS with a certificate from the project CA and admits only the
 SuperNode keys registered at enrollment; each SuperNode is started by the device-side
-supervisor from its enrollment bundle and trains on its own ``train.npz``. Kept tiny
-(digits, MLP, 2 rounds, 1 local epoch) for a shared 2-core machine.
+supervisor from its enrollment bundle and trains on its own ``train.npz`` (unequal shares,
+so the aggregate's weighting shows). Kept tiny (digits, MLP, 2 rounds, 1 local epoch) for a
+shared 2-core machine.
 """
 
 from __future__ import annotations
@@ -12,13 +13,16 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pytest
+from flwr.app import Context, RecordDict
 
 from cloud.data import load_dataset
 from cloud.data.datasets import stratified_split
@@ -30,14 +34,19 @@ from cloud.federation.deployment import (
 )
 from cloud.federation.partition import partition
 from cloud.federation.plan import FederationPlan, RoundReport
+from cloud.federation.secagg import SecAggConfig, legacy_train_config
+from cloud.federation.server import FederationRunner
 from cloud.federation.strategies import Participation
 from cloud.federation.superlink import SuperLinkProcess, free_port
 from cloud.keys import KeyHome
 from cloud.registry import Registry, VersionSource
+from cloud.training.serialize import model_from_bytes
+from edge.learning.secagg_client import SecAggTrainer
 from edge.learning.supernode import SuperNodeConfig, SuperNodeSupervisor
 from shared.crypto.nodeauth import make_node_auth_key
 
 DEVICES = ("dev-a", "dev-b", "dev-c")
+SHARES = (0.5, 0.3, 0.2)  # of the train split, per device
 
 pytestmark = pytest.mark.slow
 
@@ -52,15 +61,17 @@ class Federation:
     registry: Registry
     location: RegistryLocation
     workdir: Path
+    data: dict[str, Path]
 
 
 def _write_device_data(root: Path, seed: int) -> dict[str, Path]:
-    """Split the digits train split across the devices, one ``train.npz`` each."""
+    """Split the digits train split across the devices (IID, sizes ``SHARES``)."""
     dataset = load_dataset("digits")
     split = stratified_split(dataset, seed=seed)
-    shares = partition(split.train_y, len(DEVICES), alpha=None, seed=seed)
+    shuffled = np.concatenate(partition(split.train_y, len(DEVICES), alpha=None, seed=seed))
+    cuts = (np.cumsum(SHARES)[:-1] * len(shuffled)).astype(int)
     dirs: dict[str, Path] = {}
-    for device, idx in zip(DEVICES, shares, strict=True):
+    for device, idx in zip(DEVICES, np.split(shuffled, cuts), strict=True):
         d = root / device
         d.mkdir(parents=True)
         np.savez(d / "train.npz", x=split.train_x[idx], y=split.train_y[idx])
@@ -119,6 +130,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
             registry,
             RegistryLocation(f"sqlite:///{tmp_path / 'registry.db'}", tmp_path / "artifacts"),
             tmp_path / "runs",
+            data,
         )
     finally:
         for node in nodes.values():
@@ -168,14 +180,21 @@ def test_tls_authenticated_fleet_runs_rounds_into_the_registry(federation: Feder
     assert result.best_version == max(streamed, key=lambda r: r.accuracy).version
 
 
-def test_secagg_plus_rounds_run_over_the_superlink(federation: Federation) -> None:
-    """SecAgg+ (the default for FedAvg) works unchanged over the Deployment Engine."""
+def test_secagg_plus_aggregate_over_the_superlink_is_the_weighted_mean(
+    federation: Federation,
+) -> None:
+    """SecAgg+ (the default for FedAvg) over the Deployment Engine: 3 SuperNodes, 2 rounds,
+    and each round's global model is the num_examples-weighted mean of the devices' deltas
+    within SecAgg+'s quantization error.
+
+    The expected deltas are recomputed here, as in ``test_secagg``: the same deterministic
+    local training (``SecAggTrainer``, same seed) on each device's ``train.npz`` from the
+    previous round's global model as stored in the registry. (~2 min: each SecAgg+ round is
+    4 message exchanges with a cold ClientApp process per message.)
+    """
     streamed: list[RoundReport] = []
-    # One round: each SecAgg+ round is 4 message exchanges with a cold ClientApp process per
-    # message (~50 s here); the plain test above already covers multi-round lineage.
-    plan = replace(
-        _plan("run-deploy-secagg", round_timeout=120.0, min_clients=3, secagg=True), rounds=1
-    )
+    plan = _plan("run-deploy-secagg", round_timeout=120.0, min_clients=3, secagg=True)
+    assert plan.uses_secagg
     result = run_deployed_federation(
         plan,
         federation.superlink,
@@ -184,10 +203,57 @@ def test_secagg_plus_rounds_run_over_the_superlink(federation: Federation) -> No
         on_round=streamed.append,
     )
 
-    assert [(r.round, r.participants) for r in streamed] == [(1, 3)]
-    assert streamed[0].accuracy > result.initial_accuracy + 0.2
-    versions = {v.source_ref for v in federation.registry.list_versions("mlp-digits-fl")}
-    assert "run-deploy-secagg/round-1" in versions
+    assert [(r.round, r.participants, r.failed) for r in streamed] == [(1, 3, 0), (2, 3, 0)]
+    assert streamed[-1].accuracy > result.initial_accuracy + 0.2
+    # The ServerApp's runner, rebuilt here: same plan → same initial model and train config.
+    runner = FederationRunner(plan, federation.registry)
+
+    def global_weights(server_round: int) -> list[np.ndarray]:
+        if server_round == 0:
+            return [a.numpy() for a in runner.initial.values()]
+        ref = streamed[server_round - 1].version
+        assert ref is not None
+        version = federation.registry.get_version(ref)
+        assert version.source_ref == f"run-deploy-secagg/round-{server_round}"
+        blob = federation.registry.read_artifact(version.artifact("torch", "fp32"))
+        model = model_from_bytes(runner.spec, blob)
+        return [v.detach().numpy() for v in model.state_dict().values()]
+
+    settings = SecAggConfig()
+    step = 2 * settings.clipping_range / settings.quantization_range
+    for server_round in (1, 2):
+        before, after = global_weights(server_round - 1), global_weights(server_round)
+        config = cast(dict[str, Any], legacy_train_config(runner, server_round))
+        updates = []
+        for device in DEVICES:
+            context = Context(
+                run_id=0,
+                node_id=0,
+                node_config={"data-path": str(federation.data[device] / "train.npz")},
+                state=RecordDict(),
+                run_config={},
+            )
+            delta, examples, _ = SecAggTrainer(context).fit(before, config)
+            updates.append((delta, examples))
+        counts = np.array([n for _, n in updates], dtype=np.float64)
+        # Flower weights each device by round(n / max_weight * Q) / Q.
+        weights = np.round(counts / settings.max_weight * settings.quantization_range)
+        weights /= settings.quantization_range
+        # Stochastic rounding moves each device's value by < 1 step; the sum of k of them is
+        # divided by sum(weights). Float32 storage and thread-count noise in local training
+        # (another process, another torch thread count) add a little on top.
+        bound = len(DEVICES) * step / weights.sum() + 1e-5
+        worst, unweighted = 0.0, 0.0
+        for t, (g, a) in enumerate(zip(before, after, strict=True)):
+            deltas = np.stack([u[t] for u, _ in updates]).astype(np.float64)
+            expected = g + np.tensordot(weights, deltas, axes=1) / weights.sum()
+            assert np.all(np.abs(deltas) * weights.max() < settings.clipping_range)
+            worst = max(worst, float(np.max(np.abs(a - expected))))
+            unweighted = max(unweighted, float(np.max(np.abs(a - g - deltas.mean(axis=0)))))
+        assert worst <= bound, f"round {server_round}: off by {worst:.2e} > {bound:.2e}"
+        assert unweighted > bound, f"sizes {counts} too even to test the weighting"
+        moved = max(float(np.max(np.abs(a - g))) for g, a in zip(before, after, strict=True))
+        assert moved > 20 * bound
 
 
 def _wait_for_log(path: Path, needle: str, count: int, timeout: float = 180.0) -> None:
@@ -298,7 +364,12 @@ def test_superlink_rejects_a_supernode_whose_key_was_never_registered(
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env={**os.environ, "FLWR_DISABLE_UPDATE_CHECK": "1"},
+            env={
+                **os.environ,
+                "FLWR_DISABLE_UPDATE_CHECK": "1",
+                # as the supervisor does: the SuperNode starts its helpers by name
+                "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
+            },
         )
     try:
         code = proc.wait(timeout=120)
