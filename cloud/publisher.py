@@ -11,8 +11,10 @@ Steps (rules cite ``docs/protocol.md``):
    certificate and the newest revocation list) and retained on ``devices/{id}/manifest``;
 4. chunks published once per release (QoS 1) when the devices have subscribed, then
    ``ResendRequest`` answered until every device reports ``committed`` or ``failed``,
-   or the timeout passes. A device that reports ``delta_base_mismatch`` gets the full
-   artifact once.
+   or the timeout passes. Requests are coalesced (§7): a chunk goes out at most once per
+   resend window, a window scaled to the fleet's expected full-delivery time, because a
+   republished chunk reaches every subscriber of the shared chunk topic. A device that
+   reports ``delta_base_mismatch`` gets the full artifact once.
 """
 
 from __future__ import annotations
@@ -48,7 +50,11 @@ __all__ = ["DeviceResult", "Outcome", "PublishReport", "Publisher", "select_devi
 
 logger = logging.getLogger(__name__)
 
-_RESEND_COOLDOWN_S = 0.5  # one republish of a chunk serves every device that asked for it
+_RESEND_COOLDOWN_S = 0.5  # shortest resend window (§7)
+_RESEND_WINDOW_MAX_S = 10.0  # longest resend window
+# Bytes per second the broker is assumed to fan out to subscribers (a conservative figure
+# for Mosquitto with TLS on one host); sets the resend window for a fleet (§7).
+_FANOUT_BYTES_PER_S = 100e6
 _SUBSCRIBE_GRACE_S = 2.0
 
 
@@ -123,6 +129,18 @@ class _Plan:
     waiting: set[str] = field(default_factory=set)  # not yet subscribed to the chunks
     chunks_sent: bool = False
     due: float = 0.0  # when to send the chunks even if some devices have not subscribed
+    pending: set[int] = field(default_factory=set)  # asked for, not yet republished
+
+
+def resend_window(devices: int, artifact_bytes: int) -> float:
+    """Seconds between two sends of one chunk: the fleet's expected full-delivery time.
+
+    Within it, a chunk sent is still reaching the fleet, so asking again for it would only
+    send every subscriber another copy (§7). At least ``_RESEND_COOLDOWN_S``, at most
+    ``_RESEND_WINDOW_MAX_S``.
+    """
+    expected = devices * artifact_bytes / _FANOUT_BYTES_PER_S
+    return min(max(_RESEND_COOLDOWN_S, expected), _RESEND_WINDOW_MAX_S)
 
 
 class Publisher:
@@ -308,7 +326,7 @@ class _Run:
         self.model, self.version, self.precision = target
         self.plans: dict[str, _Plan] = {}
         self.by_device: dict[str, _Plan] = {}
-        self.recent: dict[tuple[str, int], float] = {}
+        self.recent: dict[tuple[str, int], float] = {}  # last send of each chunk
         self.retried: set[str] = set()
         for plan in plans:
             self._send_plan(plan)
@@ -332,16 +350,36 @@ class _Run:
         plan.due = time.monotonic() + _SUBSCRIBE_GRACE_S
         logger.info("manifest v%d (%s) to %d device(s)", m.version, m.encoding, len(plan.devices))
 
-    def _send_chunks(self, plan: _Plan, indices: list[int] | None = None) -> None:
+    def _window(self, plan: _Plan) -> float:
+        m = plan.release.manifest
+        return resend_window(len(plan.devices), m.chunk_count * m.chunk_size)
+
+    def _send_chunks(self, plan: _Plan) -> None:
+        """The initial full send of ``plan``'s chunks."""
         now = time.monotonic()
-        chunks = plan.release.chunks
-        wanted = chunks if indices is None else [chunks[i] for i in indices if i < len(chunks)]
-        for chunk in wanted:
-            key = (chunk.artifact_id, chunk.index)
-            if indices is not None and now - self.recent.get(key, -1e9) < _RESEND_COOLDOWN_S:
-                continue
-            self.recent[key] = now
+        for chunk in plan.release.chunks:
+            self.recent[(chunk.artifact_id, chunk.index)] = now
             self.link.publish(artifact_chunk(chunk.artifact_id, chunk.index), encode_chunk(chunk))
+
+    def _flush(self, plan: _Plan) -> None:
+        """Republish the requested chunks whose resend window has passed (§7).
+
+        Requests for a chunk sent less than a window ago stay pending: that send is
+        probably still reaching the asker, and one later send answers them all.
+        """
+        if not plan.pending:
+            return
+        now = time.monotonic()
+        window = self._window(plan)
+        chunks = plan.release.chunks
+        for index in sorted(plan.pending):
+            chunk = chunks[index]
+            key = (chunk.artifact_id, index)
+            if now - self.recent.get(key, -1e9) < window:
+                continue
+            plan.pending.discard(index)
+            self.recent[key] = now
+            self.link.publish(artifact_chunk(chunk.artifact_id, index), encode_chunk(chunk))
 
     def _open(self) -> bool:
         return any(r.outcome is Outcome.TIMEOUT for r in self.report.devices.values())
@@ -357,6 +395,7 @@ class _Run:
                 if not plan.chunks_sent and (not plan.waiting or time.monotonic() >= plan.due):
                     self._send_chunks(plan)
                     plan.chunks_sent = True
+                self._flush(plan)
             try:
                 msg = self.link.inbox.get(timeout=0.05)
             except queue.Empty:
@@ -383,7 +422,8 @@ class _Run:
                 # device: answering now would send the chunks twice to the whole fleet.
                 plan.waiting.discard(request.device_id)
                 return
-            self._send_chunks(plan, list(request.missing))
+            count = plan.release.manifest.chunk_count
+            plan.pending.update(i for i in request.missing if 0 <= i < count)
 
     def _on_status(self, msg: Incoming) -> None:
         status = _status(msg)

@@ -23,6 +23,7 @@ Install/revert/rollback live in :mod:`edge.updater.install`, signed commands (K1
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,6 +65,9 @@ from shared.protocol.messages import UpdateInfo, UpdateOutcome
 __all__ = ["Activate", "UpdateReport", "Updater", "UpdaterLink"]
 
 logger = logging.getLogger(__name__)
+
+_MAX_BACKOFF_QUIETS = 16.0  # resend backoff cap, in quiet periods (§7)
+_jitter = random.Random()  # spreads a fleet's resend requests; not security relevant
 
 
 class UpdaterLink(Protocol):
@@ -231,6 +235,9 @@ class Updater(CommandSteps):
             self._report(dl.manifest.version, UpdateOutcome.CHUNK_REJECTED, _code(exc))
             return
         if outcome is ChunkOutcome.DUPLICATE:
+            # Chunks of this artifact are still flowing (a resend someone else asked for
+            # may carry ours too): not quiet, so no request yet (§7).
+            dl.last_progress = self._now()
             return
         try:
             self._downloads.save_chunk(chunk)  # durable before it counts (resume)
@@ -239,13 +246,21 @@ class Updater(CommandSteps):
             return
         dl.state = new_state
         dl.last_progress = self._now()
+        dl.asks, dl.retry_after = 0, self._quiet_s  # progress: back to the plain quiet period
         if dl.assembler.is_complete(dl.state):
             self._install(dl)
 
     def tick(self) -> None:
-        """Ask for missing chunks after ``quiet_s`` without progress (§7)."""
+        """Ask for missing chunks once the download has been quiet long enough (§7).
+
+        Quiet means no chunk of this artifact (new or duplicate) arrived for
+        ``retry_after``: ``quiet_s`` after a new chunk; twice that (with jitter) while
+        nothing at all has arrived, since the initial full send is likely still on its
+        way; and doubling with jitter after each unanswered request, capped at
+        ``_MAX_BACKOFF_QUIETS × quiet_s``.
+        """
         dl = self._download
-        if dl is None or self._now() - dl.last_progress < self._quiet_s:
+        if dl is None or self._now() - dl.last_progress < dl.retry_after:
             return
         if not self._request_missing(dl):
             self._install(dl)
@@ -263,8 +278,15 @@ class Updater(CommandSteps):
         )
         self._link.publish(device_requests(self.device_id), encode_delivery(request))
         dl.last_progress = self._now()
+        dl.asks += 1
+        dl.retry_after = self._backoff(dl.asks)
         logger.info("asked for %d missing chunk(s) of %s", len(missing), request.artifact_id)
         return True
+
+    def _backoff(self, exponent: int) -> float:
+        """``quiet_s × 2^exponent``, capped, times a jitter in [1, 1.5) (§7)."""
+        delay = self._quiet_s * min(2.0**exponent, _MAX_BACKOFF_QUIETS)
+        return delay * (1.0 + 0.5 * _jitter.random())
 
     # --- manifest -------------------------------------------------------------------
 
@@ -326,6 +348,9 @@ class Updater(CommandSteps):
             self._downloads.begin(m.artifact_id, envelope)
             state = assembler.start()
         self._download = Download(m, envelope, assembler, key, state, verified.trust, self._now())
+        # Nothing held yet: the coordinator's initial full send is probably still coming,
+        # so wait longer before the first request (§7); with chunks, the plain quiet_s.
+        self._download.retry_after = self._quiet_s if state.chunks else self._backoff(1)
         self._link.subscribe(artifact_chunks(m.artifact_id))
         logger.info(
             "downloading v%d (%s, %d chunks, %d held)",

@@ -53,7 +53,9 @@ class Download:
     key: ContentKey
     state: AssemblyState
     trust: TrustStore
-    last_progress: float
+    last_progress: float  # last chunk of this artifact seen (new or duplicate) or request
+    asks: int = 0  # resend requests since the last new chunk (backoff exponent, §7)
+    retry_after: float = 0.0  # quiet time before the next request (set by the updater)
 
 
 def reason_code(exc: BaseException) -> str:
