@@ -16,6 +16,10 @@ With a device bundle (``AgentConfig.bundle_dir``) the agent also runs the A/B
 manifests, artifact chunks and signed commands (``devices/{id}/cmd``, ``groups/{g}/cmd``)
 to the updater undecoded (:attr:`EventKind.RAW`), serves the committed slot at start-up,
 and reports every update or command outcome on its retained status.
+
+On a device whose profile trains, ``AgentConfig.supernode`` makes the agent start and
+supervise the device's Flower SuperNode (:class:`~edge.learning.supernode.SuperNodeSupervisor`)
+for as long as it runs, independently of MQTT, and end its process tree on a clean stop.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 from pydantic import BaseModel
@@ -51,6 +56,9 @@ from shared.protocol.messages import (
     UpdateInfo,
     UpdateOutcome,
 )
+
+if TYPE_CHECKING:  # imported lazily at run time: agents that do not train skip it
+    from edge.learning.supernode import SuperNodeConfig, SuperNodeSupervisor
 
 __all__ = ["Agent", "AgentConfig", "MessageHandler"]
 
@@ -85,6 +93,7 @@ class AgentConfig:
     outbox_max_messages: int = 10_000
     bundle_dir: Path | None = None  # device enrollment bundle: enables signed model updates
     update_quiet_s: float = 2.0  # seconds without a chunk before asking for missing ones
+    supernode: SuperNodeConfig | None = None  # Flower SuperNode to supervise (trains only)
 
 
 @dataclass(frozen=True)
@@ -158,6 +167,7 @@ class Agent:
             config.state_dir / "outbox.sqlite3", max_messages=config.outbox_max_messages
         )
         self.server: InferenceServer | None = None
+        self.supernode: SuperNodeSupervisor | None = None
         will = StatusMessage(
             device_id=config.device_id,
             sent_at=self._now(),
@@ -256,10 +266,12 @@ class Agent:
             len(self.outbox),
         )
         self._process.cpu_percent(None)  # start the first CPU window
-        self.link.start()
         interval = cfg.profile.telemetry_interval_s
         next_telemetry = time.monotonic() + interval
         try:
+            if cfg.supernode is not None:
+                self._start_supernode(cfg.supernode)
+            self.link.start()
             while not self._stop.is_set():
                 timeout = max(0.0, min(next_telemetry - time.monotonic(), 0.5))
                 self._drain_events(timeout)
@@ -275,6 +287,13 @@ class Agent:
         finally:
             self._shutdown()
         return 0
+
+    def _start_supernode(self, config: SuperNodeConfig) -> None:
+        """Start the device's SuperNode; it runs whether or not the broker is reachable."""
+        from edge.learning.supernode import SuperNodeSupervisor  # lazy: see module docs
+
+        self.supernode = SuperNodeSupervisor(config)
+        self.supernode.start()
 
     def _safely(self, step: Callable[..., None], *args: object) -> None:
         try:
@@ -458,6 +477,8 @@ class Agent:
         logger.info("agent %s stopping", self.config.device_id)
         if self.server is not None:
             self.server.stop()
+        if self.supernode is not None:
+            self.supernode.stop()  # the SuperNode, its SuperExec and any ClientApp
         try:
             self._drain_events(0)  # store anything other threads queued before the stop
             self._send_status(DeviceState.OFFLINE)

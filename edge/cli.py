@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from shared.errors import FedgeError, ProfileError
+from shared.errors import ConfigError, FedgeError, ProfileError
 from shared.profiles import DeviceProfile, profile_from_toml
 
 __all__ = ["edge_app", "load_profile"]
@@ -111,6 +111,26 @@ def run(
         float,
         typer.Option(envvar="FEDGE_UPDATE_QUIET", help="Seconds before re-asking for chunks."),
     ] = 2.0,
+    superlink: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FEDGE_SUPERLINK",
+            help="Coordinator's Flower SuperLink HOST:PORT: run and supervise this device's "
+            "SuperNode (profiles with trains = true; needs --bundle and --train-data).",
+        ),
+    ] = None,
+    train_data: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="FEDGE_TRAIN_DATA", help="Local training .npz, or DIR/train.npz (--superlink)."
+        ),
+    ] = None,
+    supernode_port: Annotated[
+        int,
+        typer.Option(
+            envvar="FEDGE_SUPERNODE_PORT", help="Loopback port of the SuperNode's runtime API."
+        ),
+    ] = 9094,
     log_level: Annotated[str, typer.Option(envvar="FEDGE_LOG_LEVEL")] = "info",
 ) -> None:
     """Run the agent until SIGTERM or Ctrl-C."""
@@ -118,6 +138,12 @@ def run(
 
     _setup_logging(log_level)
     try:
+        device_profile = load_profile(profile)
+        supernode_config = None
+        if superlink is not None:
+            supernode_config = _supernode_config(
+                superlink, device_profile, bundle, train_data, state_dir, supernode_port
+            )
         if bundle is not None:
             from edge.keystore import load_device_keys
 
@@ -130,7 +156,7 @@ def run(
         config = AgentConfig(
             device_id=device_id,
             broker_url=broker,
-            profile=load_profile(profile),
+            profile=device_profile,
             state_dir=state_dir,
             model_path=model,
             model_version=model_version,
@@ -143,6 +169,7 @@ def run(
             reconnect_max_s=reconnect_max,
             bundle_dir=bundle,
             update_quiet_s=update_quiet,
+            supernode=supernode_config,
         )
         agent = Agent(config)
     except FedgeError as exc:
@@ -157,6 +184,40 @@ def run(
         _fail(exc)
         return
     raise typer.Exit(code)
+
+
+def _supernode_config(
+    superlink: str,
+    profile: DeviceProfile,
+    bundle: Path | None,
+    train_data: Path | None,
+    state_dir: Path,
+    runtime_port: int,
+) -> Any:
+    """The SuperNode the agent supervises (imported lazily: it is only for training devices).
+
+    Raises:
+        ConfigError: the profile does not train, or the bundle or training data is missing.
+    """
+    if not profile.trains:
+        raise ConfigError(
+            f"--superlink given, but profile {profile.name!r} does not train (trains = false): "
+            "only training devices run a Flower SuperNode"
+        )
+    if bundle is None:
+        raise ConfigError("--superlink needs --bundle (ca.crt and supernode.key)")
+    if train_data is None:
+        raise ConfigError("--superlink needs --train-data (a local .npz, or DIR/train.npz)")
+    from edge.learning.supernode import SuperNodeConfig
+
+    return SuperNodeConfig.from_bundle(
+        superlink,
+        bundle,
+        train_data,
+        runtime_port=runtime_port,
+        log_path=state_dir / "supernode.log",
+        flwr_home=state_dir / "flower",
+    )
 
 
 @edge_app.command("check-profile")

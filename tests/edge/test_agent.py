@@ -261,3 +261,25 @@ def test_outbox_survives_sigkill_and_restart_without_loss_or_duplicates(
     assert set(repeats) <= received_before & set(stranded)
     # And the outbox is empty again once everything is acknowledged.
     assert _outbox_msg_ids(state) == [] or set(_outbox_msg_ids(state)).isdisjoint(stranded)
+
+
+def test_run_refuses_a_superlink_for_a_profile_that_does_not_train(tmp_path: Path) -> None:
+    """Only training devices run a SuperNode; the refusal names the profile."""
+    from typer.testing import CliRunner
+
+    from edge.cli import edge_app
+
+    result = CliRunner().invoke(
+        edge_app,
+        [
+            "run",
+            f"--profile={ROOT / 'firmware_configs/thermostat_sensor.toml'}",
+            "--device-id=thermo-1",
+            "--broker=mqtt://127.0.0.1:1",
+            "--superlink=127.0.0.1:9092",
+            f"--train-data={tmp_path}",
+            f"--state-dir={tmp_path / 'state'}",
+        ],
+    )
+    assert result.exit_code == 2
+    assert "'thermostat-sensor' does not train" in result.output
