@@ -14,6 +14,7 @@ and :meth:`~SuperNodeSupervisor.stop` ends its whole process tree (SuperExec + C
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import shutil
@@ -21,6 +22,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,6 +129,27 @@ class SuperNodeConfig:
         return cmd
 
 
+def _load_prctl() -> Callable[..., int] | None:
+    """libc's ``prctl`` on Linux (looked up before any fork), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the forked child: get SIGTERM when the supervising agent dies, even by SIGKILL,
+    so a killed agent never leaves an orphan SuperNode training on the device."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class SuperNodeSupervisor:
     """Keeps one SuperNode process running until :meth:`stop`.
 
@@ -176,6 +199,7 @@ class SuperNodeSupervisor:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # signals to the agent's terminal do not reach it
+                preexec_fn=_die_with_parent,
             )
         finally:
             if log_path is not None:

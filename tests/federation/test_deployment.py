@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
+import psutil
 import pytest
 from flwr.app import Context, RecordDict
 
@@ -327,6 +328,54 @@ def test_supervisor_restarts_a_dead_supernode_and_stops_its_group(tmp_path: Path
     assert supervisor.pid == second
     with pytest.raises(ProcessLookupError):
         os.killpg(second, 0)  # the whole group is gone
+
+
+_ORPHAN_PARENT = """
+import sys, time
+from pathlib import Path
+from edge.learning.supernode import SuperNodeConfig, SuperNodeSupervisor
+superlink, data, port, home = sys.argv[1:5]
+config = SuperNodeConfig(superlink=superlink, data_path=Path(data), insecure=True,
+                         runtime_port=int(port), flwr_home=Path(home))
+supervisor = SuperNodeSupervisor(config)
+supervisor.start()
+while supervisor.pid is None:
+    time.sleep(0.05)
+print(supervisor.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_sigkilled_agent_leaves_no_orphan_supernode(tmp_path: Path) -> None:
+    """The supervising process dies without any cleanup: its SuperNode must go too."""
+    data = tmp_path / "train.npz"
+    np.savez(data, x=np.zeros((4, 64), np.float32), y=np.zeros(4, np.int64))
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            _ORPHAN_PARENT,
+            f"127.0.0.1:{free_port()}",
+            str(data),
+            str(free_port()),
+            str(tmp_path / "flwr"),
+        ],
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        assert psutil.pid_exists(child)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.monotonic() + 20
+        while psutil.pid_exists(child) and psutil.Process(child).status() != "zombie":
+            assert time.monotonic() < deadline, "the SuperNode outlived its agent"
+            time.sleep(0.1)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
 
 
 def _wait_pid(supervisor: SuperNodeSupervisor, ok: Callable[[int | None], bool]) -> int:
