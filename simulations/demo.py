@@ -175,6 +175,9 @@ def fleet_stage(version: str, env: dict[str, str], home: Path, rounds: int) -> d
                 str(rounds),
                 "--local-epochs",
                 "1",
+                # fine-tuning a trained model: a gentle step keeps what it already knows
+                "--lr",
+                "0.01",
                 "--init",
                 version,
                 env=env,
