@@ -12,6 +12,8 @@ from typing import Annotated, Any
 
 import typer
 
+from cloud.federation import defaults
+
 JSON_HELP = "Print one JSON object on stdout."
 
 
@@ -29,9 +31,17 @@ def federate_cmd(
     round_timeout: Annotated[
         float, typer.Option(help="Seconds a round waits; stragglers are left out.")
     ] = 300.0,
-    local_epochs: Annotated[int, typer.Option(min=1)] = 2,
-    lr: Annotated[float, typer.Option(help="Client SGD learning rate.")] = 0.05,
-    proximal_mu: Annotated[float, typer.Option(help="FedProx proximal weight.")] = 0.01,
+    local_epochs: Annotated[int, typer.Option(min=1)] = defaults.LOCAL_EPOCHS,
+    lr: Annotated[float, typer.Option(help="Client SGD learning rate (round 1).")] = defaults.LR,
+    lr_decay: Annotated[
+        float, typer.Option(help="Per-round lr decay: round r uses lr * decay**(r-1).")
+    ] = defaults.LR_DECAY,
+    batch_size: Annotated[int, typer.Option(min=1, help="Client mini-batch size.")] = (
+        defaults.BATCH_SIZE
+    ),
+    proximal_mu: Annotated[
+        float, typer.Option(help="FedProx proximal weight.")
+    ] = defaults.PROXIMAL_MU,
     update: Annotated[str, typer.Option(help="Update compression: fp32, int8 or topk.")] = "int8",
     topk_fraction: Annotated[float, typer.Option(help="Entries a topk update keeps.")] = 0.1,
     alpha: Annotated[
@@ -98,6 +108,8 @@ def federate_cmd(
             round_timeout=round_timeout,
             local_epochs=local_epochs,
             lr=lr,
+            lr_decay=lr_decay,
+            batch_size=batch_size,
             proximal_mu=proximal_mu,
             update_mode=update,  # type: ignore[arg-type]
             topk_fraction=topk_fraction,

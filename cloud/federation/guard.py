@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -94,6 +94,8 @@ class UpdateGuard(Strategy):
         max_update_bytes: Largest accepted payload; ``None`` allows 1.1x float32 size.
         max_delta_norm: Largest accepted L2 norm of a delta; ``None`` disables the check.
         keys: Require sealed, signed updates and open them with these keys.
+        round_config: Per-round train-config entries (e.g. the decayed learning rate),
+            merged into the config before each round's messages go out.
     """
 
     def __init__(
@@ -104,8 +106,10 @@ class UpdateGuard(Strategy):
         max_update_bytes: int | None = None,
         max_delta_norm: float | None = None,
         keys: UpdateKeys | None = None,
+        round_config: Callable[[int], Mapping[str, Any]] | None = None,
     ) -> None:
         self.inner = inner
+        self.round_config = round_config
         self.keys = keys
         self._senders: set[str] = set()
         self.run_id = run_id
@@ -127,8 +131,12 @@ class UpdateGuard(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Stamp run and round, remember the global weights, count the bytes sent down."""
+        """Stamp run, round and per-round entries; remember the global weights; count the
+        bytes sent down."""
         config["run-id"] = self.run_id
+        if self.round_config is not None:
+            for key, value in self.round_config(server_round).items():
+                config[key] = value
         config["seal-updates"] = self.keys is not None
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
         self.begin_round(server_round, arrays, sampled=len(messages))

@@ -6,6 +6,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from cloud.federation import defaults
 from cloud.federation.strategies import ROBUST, Participation
 from shared.compression import UpdateMode
 from shared.errors import ConfigError
@@ -23,7 +24,10 @@ class FederationPlan:
         strategy: ``fedavg``, ``fedprox``, ``fedadam``, ``trimmed-mean`` or ``median``.
         participation: Sampling fraction and minimum client counts per round.
         round_timeout: Seconds a round waits for replies; stragglers are left out.
-        local_epochs, lr, batch_size: Client training hyper-parameters.
+        local_epochs, lr, batch_size: Client training hyper-parameters (defaults:
+            :mod:`cloud.federation.defaults`).
+        lr_decay: Per-round learning-rate decay: round ``r`` trains with
+            ``lr * lr_decay ** (r - 1)`` (``1.0``: constant).
         proximal_mu: FedProx weight (ignored by the other strategies).
         update_mode: How clients compress their deltas (``fp32``, ``int8``, ``topk``).
         topk_fraction: Share of entries a ``topk`` update keeps.
@@ -49,10 +53,11 @@ class FederationPlan:
     strategy: str = "fedavg"
     participation: Participation = field(default_factory=Participation)
     round_timeout: float = 300.0
-    local_epochs: int = 2
-    lr: float = 0.05
-    batch_size: int = 32
-    proximal_mu: float = 0.01
+    local_epochs: int = defaults.LOCAL_EPOCHS
+    lr: float = defaults.LR
+    lr_decay: float = defaults.LR_DECAY
+    batch_size: int = defaults.BATCH_SIZE
+    proximal_mu: float = defaults.PROXIMAL_MU
     update_mode: UpdateMode = "int8"
     topk_fraction: float = 0.1
     alpha: float | None = None
@@ -75,6 +80,12 @@ class FederationPlan:
             )
         if self.secagg_timeout <= 0:
             raise ConfigError("secagg_timeout must be positive")
+        if not 0 < self.lr_decay <= 1:
+            raise ConfigError(f"lr_decay must be in (0, 1], got {self.lr_decay}")
+
+    def lr_at(self, server_round: int) -> float:
+        """The client learning rate for ``server_round`` (1-based)."""
+        return self.lr * self.lr_decay ** max(0, server_round - 1)
 
     @property
     def uses_secagg(self) -> bool:

@@ -304,7 +304,7 @@ def make_legacy_strategy(
 
 def legacy_train_config(runner: FederationRunner, server_round: int) -> dict[str, Scalar]:
     """The runner's train config for one round, as the legacy API's scalar-only dict."""
-    config: dict[str, Any] = dict(runner.train_config())
+    config: dict[str, Any] = dict(runner.train_config(server_round))
     config.update({"server-round": server_round, "run-id": runner.plan.run_id})
     # The legacy API carries scalars only: lists travel as "1,8,8".
     return {k: ",".join(str(x) for x in v) if isinstance(v, list) else v for k, v in config.items()}

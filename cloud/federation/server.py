@@ -98,6 +98,7 @@ class FederationRunner:
             max_update_bytes=plan.max_update_bytes,
             max_delta_norm=plan.max_delta_norm,
             keys=update_keys,
+            round_config=lambda server_round: {"lr": plan.lr_at(server_round)},
         )
         # Per-round traffic: filled by the guard (plain path) or the SecAgg+ grid.
         self.traffic: dict[int, RoundTraffic] = self.guard.traffic
@@ -107,14 +108,15 @@ class FederationRunner:
         self._best: tuple[float, str] | None = None
         self._round_started = time.perf_counter()
 
-    def train_config(self) -> ConfigRecord:
-        """What every client is told: model spec, hyper-parameters, compression."""
+    def train_config(self, server_round: int = 1) -> ConfigRecord:
+        """What every client is told in ``server_round``: model spec, hyper-parameters
+        (the learning rate follows the plan's per-round decay), compression."""
         config: dict[str, Any] = {
             "arch": self.spec.arch,
             "input-shape": list(self.spec.input_shape),
             "num-classes": self.spec.num_classes,
             "local-epochs": self.plan.local_epochs,
-            "lr": self.plan.lr,
+            "lr": self.plan.lr_at(server_round),
             "batch-size": self.plan.batch_size,
             "update-mode": self.plan.update_mode,
             "topk-fraction": self.plan.topk_fraction,

@@ -231,3 +231,19 @@ def test_every_strategy_aggregates_guarded_updates(name: str) -> None:
     for k, g in _global().items():
         assert np.all(np.isfinite(got[k]))
         assert not np.allclose(got[k], g)
+
+
+def test_round_config_sends_each_round_its_decayed_learning_rate() -> None:
+    from cloud.federation.plan import FederationPlan
+
+    plan = FederationPlan(lr=0.1, lr_decay=0.5)
+    guard = UpdateGuard(
+        make_strategy("fedavg", Participation(min_clients=3, min_available=3)),
+        run_id=RUN,
+        round_config=lambda r: {"lr": plan.lr_at(r)},
+    )
+    arrays = ArrayRecord({k: Array(v) for k, v in _global().items()})
+    config = ConfigRecord({"lr": plan.lr})
+    for server_round, want in [(1, 0.1), (2, 0.05), (3, 0.025)]:
+        messages = list(guard.configure_train(server_round, arrays, config, _ThreeNodeGrid()))
+        assert all(m.content["config"]["lr"] == pytest.approx(want) for m in messages)

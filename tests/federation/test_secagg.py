@@ -263,3 +263,28 @@ def test_a_diverged_device_drops_out_and_the_secagg_round_completes(registry: Re
     for r in streamed:
         assert (r.participants, r.failed) == (2, 1)
     assert streamed[-1].accuracy > result.initial_accuracy + 0.2
+
+
+@pytest.mark.parametrize("registry", ["sqlite"], indirect=True)
+def test_plan_learning_rate_decays_per_round_and_reaches_the_legacy_config(
+    registry: Registry,
+) -> None:
+    from cloud.federation import defaults
+    from shared.errors import ConfigError
+
+    plan = FederationPlan()
+    assert (plan.lr, plan.lr_decay, plan.batch_size) == (
+        defaults.LR,
+        defaults.LR_DECAY,
+        defaults.BATCH_SIZE,
+    )
+    assert FederationPlan(lr=0.2, lr_decay=1.0).lr_at(7) == 0.2
+    assert FederationPlan(lr=0.2, lr_decay=0.5).lr_at(3) == pytest.approx(0.05)
+    with pytest.raises(ConfigError):
+        FederationPlan(lr_decay=0.0)
+    with pytest.raises(ConfigError):
+        FederationPlan(lr_decay=1.5)
+    runner = FederationRunner(FederationPlan(lr=0.1, lr_decay=0.5, quantize=False), registry)
+    assert legacy_train_config(runner, 1)["lr"] == pytest.approx(0.1)
+    assert legacy_train_config(runner, 3)["lr"] == pytest.approx(0.025)
+    assert runner.train_config(2)["lr"] == pytest.approx(0.05)
