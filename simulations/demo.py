@@ -192,6 +192,18 @@ def fleet_stage(version: str, env: dict[str, str], home: Path, rounds: int) -> d
         if not (new and fed.get("deployable")):
             console.print(f"federated model {new} is not deployable; the fleet keeps {version}")
             return result
+        # Roll out only what is no worse than the fleet's model beyond the accuracy budget.
+        best = next((r for r in fed["rounds"] if r.get("version") == new), None)
+        start = fed.get("initial_accuracy")
+        if best is not None and start is not None:
+            change = (best["accuracy"] - start) * 100
+            console.print(
+                f"best round {new}: {best['accuracy']:.2%} vs {version} {start:.2%} "
+                f"({change:+.1f} points; budget -1.0)"
+            )
+            if change < -1.0:
+                console.print(f"not rolled out: the fleet keeps {version}")
+                return result
         with console.status(f"fedge cloud publish {new}"):
             second = fleet.publish(new)
         console.print(f"sent {second['bytes_sent']:,} bytes in {second['seconds']:.1f}s")
