@@ -35,7 +35,7 @@ from cloud.federation.deployment import (
 )
 from cloud.federation.partition import partition
 from cloud.federation.plan import FederationPlan, RoundReport
-from cloud.federation.secagg import SecAggConfig, legacy_train_config
+from cloud.federation.secagg import legacy_train_config
 from cloud.federation.server import FederationRunner
 from cloud.federation.strategies import Participation
 from cloud.federation.superlink import SuperLinkProcess, free_port
@@ -45,6 +45,7 @@ from cloud.training.serialize import model_from_bytes
 from edge.learning.secagg_client import SecAggTrainer
 from edge.learning.supernode import SuperNodeConfig, SuperNodeSupervisor
 from shared.crypto.nodeauth import make_node_auth_key
+from tests.helpers.secagg import assert_weighted_mean_within_quantization_error
 
 DEVICES = ("dev-a", "dev-b", "dev-c")
 SHARES = (0.5, 0.3, 0.2)  # of the train split, per device
@@ -220,8 +221,6 @@ def test_secagg_plus_aggregate_over_the_superlink_is_the_weighted_mean(
         model = model_from_bytes(runner.spec, blob)
         return [v.detach().numpy() for v in model.state_dict().values()]
 
-    settings = SecAggConfig()
-    step = 2 * settings.clipping_range / settings.quantization_range
     for server_round in (1, 2):
         before, after = global_weights(server_round - 1), global_weights(server_round)
         config = cast(dict[str, Any], legacy_train_config(runner, server_round))
@@ -236,25 +235,7 @@ def test_secagg_plus_aggregate_over_the_superlink_is_the_weighted_mean(
             )
             delta, examples, _ = SecAggTrainer(context).fit(before, config)
             updates.append((delta, examples))
-        counts = np.array([n for _, n in updates], dtype=np.float64)
-        # Flower weights each device by round(n / max_weight * Q) / Q.
-        weights = np.round(counts / settings.max_weight * settings.quantization_range)
-        weights /= settings.quantization_range
-        # Stochastic rounding moves each device's value by < 1 step; the sum of k of them is
-        # divided by sum(weights). Float32 storage and thread-count noise in local training
-        # (another process, another torch thread count) add a little on top.
-        bound = len(DEVICES) * step / weights.sum() + 1e-5
-        worst, unweighted = 0.0, 0.0
-        for t, (g, a) in enumerate(zip(before, after, strict=True)):
-            deltas = np.stack([u[t] for u, _ in updates]).astype(np.float64)
-            expected = g + np.tensordot(weights, deltas, axes=1) / weights.sum()
-            assert np.all(np.abs(deltas) * weights.max() < settings.clipping_range)
-            worst = max(worst, float(np.max(np.abs(a - expected))))
-            unweighted = max(unweighted, float(np.max(np.abs(a - g - deltas.mean(axis=0)))))
-        assert worst <= bound, f"round {server_round}: off by {worst:.2e} > {bound:.2e}"
-        assert unweighted > bound, f"sizes {counts} too even to test the weighting"
-        moved = max(float(np.max(np.abs(a - g))) for g, a in zip(before, after, strict=True))
-        assert moved > 20 * bound
+        assert_weighted_mean_within_quantization_error(before, after, updates, server_round)
 
 
 def _wait_for_log(path: Path, needle: str, count: int, timeout: float = 180.0) -> None:

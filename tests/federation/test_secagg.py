@@ -34,6 +34,7 @@ from cloud.registry import Registry
 from cloud.training.serialize import model_from_bytes
 from edge.learning.secagg_client import SecAggTrainer
 from edge.learning.secagg_client import app as secagg_client_app
+from tests.helpers.secagg import assert_weighted_mean_within_quantization_error
 
 NUM_CLIENTS = 3
 ROUNDS = 2
@@ -150,33 +151,11 @@ def test_secagg_aggregate_is_the_weighted_mean_within_quantization_error(
     for report in run.reports:
         assert (report.participants, report.failed) == (NUM_CLIENTS, 0)
         assert report.version is not None
-    settings = SecAggConfig()
-    step = 2 * settings.clipping_range / settings.quantization_range
     for server_round in (1, 2):
         updates = [run.client_update(i, server_round) for i in range(NUM_CLIENTS)]
-        counts = np.array([n for _, n in updates], dtype=np.float64)
-        # Flower weights each device by round(n / max_weight * Q) / Q.
-        weights = np.round(counts / settings.max_weight * settings.quantization_range)
-        weights /= settings.quantization_range
         before = run.weights_after(server_round - 1)
         after = run.weights_after(server_round)
-        # Stochastic rounding moves each device's value by < 1 step; the sum of k of
-        # them is divided by sum(weights). Float32 storage and thread-count noise in
-        # local training add a little on top.
-        bound = NUM_CLIENTS * step / weights.sum() + 1e-5
-        worst, unweighted = 0.0, 0.0
-        for t, (g, a) in enumerate(zip(before, after, strict=True)):
-            deltas = np.stack([u[t] for u, _ in updates]).astype(np.float64)
-            expected = g + np.tensordot(weights, deltas, axes=1) / weights.sum()
-            assert np.all(np.abs(deltas) * weights.max() < settings.clipping_range)
-            worst = max(worst, float(np.max(np.abs(a - expected))))
-            unweighted = max(unweighted, float(np.max(np.abs(a - g - deltas.mean(axis=0)))))
-        assert worst <= bound, f"round {server_round}: off by {worst:.2e} > {bound:.2e}"
-        # The check can tell: the unweighted mean is not within the bound.
-        assert unweighted > bound, f"sizes {counts} too even to test the weighting"
-        # ... and the update did something: the mean delta is far above the error.
-        moved = max(float(np.max(np.abs(a - g))) for g, a in zip(before, after, strict=True))
-        assert moved > 20 * bound
+        assert_weighted_mean_within_quantization_error(before, after, updates, server_round)
 
 
 def test_serverapp_never_receives_a_plaintext_update(secagg_run: SecAggRun) -> None:
