@@ -19,7 +19,7 @@ from pathlib import Path
 
 from edge.updater.slots import SlotStore
 from edge.updater.state import Slot, SlotRecord, StateStore, UpdaterState
-from shared.artifacts import ArtifactAssembler, AssemblyState, Encoding, Manifest, TrustStore
+from shared.artifacts import ArtifactAssembler, AssemblyState, Manifest, TrustStore
 from shared.artifacts.trust import Envelope
 from shared.crypto import ContentKey
 from shared.errors import FedgeError, HashMismatchError
@@ -93,7 +93,7 @@ class InstallSteps:
         state = self._state
         try:
             base = None
-            if m.encoding is Encoding.ZSTD_DELTA and state.active is not None:
+            if m.encoding.is_delta and state.active is not None:
                 base = self._slots.read(state.active)
             artifact = dl.assembler.assemble(dl.state, dl.key, base=base)  # A4-A8
         except (FedgeError, OSError) as exc:

@@ -12,10 +12,11 @@ Per chunk (:meth:`ArtifactAssembler.add`), in order:
 - duplicates of an accepted chunk are ignored.
 
 On :meth:`ArtifactAssembler.assemble`: A4 all chunks present (``LengthMismatchError``),
-chunk hashes re-checked (state may come from disk), A5 decrypt each chunk
-(``MalformedArtifactError``), A6 delta base is the artifact held (``DeltaBaseError``),
-A7 decompressed length equals the signed length (``LengthMismatchError``), A8 sha256 of
-the result equals the signed one (``HashMismatchError``).
+A5 decrypt each chunk
+(``MalformedArtifactError``), A6 for either delta encoding the base is the artifact held
+(``DeltaBaseError``), A7 decode according to the encoding, bounded: the decompressed
+length equals the signed length (``LengthMismatchError``), A8 sha256 of the result equals
+the signed one (``HashMismatchError``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from enum import StrEnum
 from types import MappingProxyType
 
 from shared.artifacts.chunking import SealedChunk, chunk_ad
-from shared.artifacts.compression import decompress_bounded
+from shared.artifacts.compression import bytediff_decompress_bounded, decompress_bounded
 from shared.artifacts.manifest import Encoding, Manifest, b64decode, content_key_ad
 from shared.crypto import ContentKey, PrivateKey, decrypt, open_sealed
 from shared.crypto.aead import OVERHEAD
@@ -149,8 +150,9 @@ class ArtifactAssembler:
             raise LengthMismatchError("artifact is missing chunks")
         pieces = []
         for index in range(m.chunk_count):
+            # Every body passed A1-A3 in add() (also when restored from disk), and A5/A8
+            # below bind each one to this artifact again: hashing them twice buys nothing.
             body = state.chunks[index]
-            self._check(index, body)  # state may have been rebuilt from disk
             try:  # A5
                 pieces.append(
                     decrypt(content_key, body, chunk_ad(m.artifact_id, index, m.chunk_count))
@@ -158,8 +160,7 @@ class ArtifactAssembler:
             except CryptoError as exc:
                 raise MalformedArtifactError(f"chunk {index} does not decrypt") from exc
         encoded = b"".join(pieces)
-        dict_base = None
-        if m.encoding is Encoding.ZSTD_DELTA:  # A6
+        if m.encoding.is_delta:  # A6
             db = m.delta_base
             if (
                 base is None
@@ -168,8 +169,18 @@ class ArtifactAssembler:
                 or hashlib.sha256(base).hexdigest() != db.sha256
             ):
                 raise DeltaBaseError("delta base is not the installed artifact")
-            dict_base = base
-        artifact = decompress_bounded(encoded, m.length, base=dict_base)  # A7
+        artifact = _decode(m.encoding, encoded, m.length, base)  # A7
         if not hmac.compare_digest(hashlib.sha256(artifact).hexdigest(), m.sha256):  # A8
             raise HashMismatchError("artifact hash mismatch")
         return artifact
+
+
+def _decode(encoding: Encoding, encoded: bytes, length: int, base: bytes | None) -> bytes:
+    """Decode ``encoded`` into exactly ``length`` bytes (A7); ``base`` is checked (A6)."""
+    if encoding is Encoding.ZSTD:
+        return decompress_bounded(encoded, length)
+    if base is None:  # unreachable after A6; keeps the delta decoders' contract explicit
+        raise DeltaBaseError("a delta needs its base artifact")
+    if encoding is Encoding.ZSTD_DELTA:
+        return decompress_bounded(encoded, length, base=base)
+    return bytediff_decompress_bounded(encoded, length, base=base)

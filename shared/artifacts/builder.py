@@ -1,10 +1,11 @@
 """Cloud side: turn artifact bytes into a manifest and encrypted chunks.
 
 ``ArtifactBuilder.build`` compresses the artifact (and, given the base a device runs,
-a delta against it, kept only when smaller), encrypts each ≤ 64 KiB chunk under a fresh
-content key with associated data binding artifact id, index and count, hashes every
-sealed chunk, and wraps the content key for every recipient device. Signing is separate
-(:func:`sign_manifest`) so the release key can live elsewhere than the builder.
+both delta encodings against it; the smallest of the three is kept), encrypts each
+≤ 64 KiB chunk under a fresh content key with associated data binding artifact id, index
+and count, hashes every sealed chunk, and wraps the content key for every recipient
+device. Signing is separate (:func:`sign_manifest`) so the release key can live elsewhere
+than the builder.
 """
 
 from __future__ import annotations
@@ -16,7 +17,12 @@ from dataclasses import dataclass
 
 from shared.artifacts.canonical import canonical_json
 from shared.artifacts.chunking import SealedChunk, chunk_ad, split
-from shared.artifacts.compression import DEFAULT_LEVEL, compress, delta_compress
+from shared.artifacts.compression import (
+    DEFAULT_LEVEL,
+    bytediff_compress,
+    compress,
+    delta_compress,
+)
 from shared.artifacts.manifest import (
     MAX_CHUNK_SIZE,
     DeltaBase,
@@ -61,12 +67,19 @@ class ArtifactBuilder:
         self.level = level
 
     def encode(self, artifact: bytes, base: BaseArtifact | None) -> tuple[Encoding, bytes]:
-        """Compress ``artifact``; use a delta against ``base`` only when it is smaller."""
+        """Compress ``artifact``; with a ``base``, the smallest of full and both deltas.
+
+        A tie goes to the full artifact (it does not depend on what the device holds).
+        """
         full = compress(artifact, level=self.level)
         if base is None:
             return Encoding.ZSTD, full
-        delta = delta_compress(artifact, base.data, level=self.level)
-        return (Encoding.ZSTD_DELTA, delta) if len(delta) < len(full) else (Encoding.ZSTD, full)
+        candidates = [
+            (Encoding.ZSTD, full),
+            (Encoding.ZSTD_DELTA, delta_compress(artifact, base.data, level=self.level)),
+            (Encoding.ZSTD_BYTEDIFF, bytediff_compress(artifact, base.data, level=self.level)),
+        ]
+        return min(candidates, key=lambda c: len(c[1]))  # first of the smallest
 
     def build(
         self,
@@ -101,7 +114,7 @@ class ArtifactBuilder:
             for device_id, key in sorted(recipients.items())
         }
         delta_base = None
-        if encoding is Encoding.ZSTD_DELTA and base is not None:
+        if encoding.is_delta and base is not None:
             delta_base = DeltaBase(
                 version=base.version,
                 sha256=hashlib.sha256(base.data).hexdigest(),

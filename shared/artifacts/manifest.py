@@ -79,6 +79,12 @@ class Encoding(StrEnum):
 
     ZSTD = "zstd"  # a full artifact, zstd-compressed
     ZSTD_DELTA = "zstd_delta"  # zstd with the base artifact as a raw-content dictionary
+    ZSTD_BYTEDIFF = "zstd_bytediff"  # zstd of (new - base) mod 256, byte by byte
+
+    @property
+    def is_delta(self) -> bool:
+        """Whether decoding needs the base artifact (and the manifest a ``delta_base``)."""
+        return self in (Encoding.ZSTD_DELTA, Encoding.ZSTD_BYTEDIFF)
 
 
 class DeltaBase(BaseModel):
@@ -132,9 +138,9 @@ class Manifest(BaseModel):
         # Rule M2: exactly one signed hash per chunk.
         if len(self.chunk_sha256) != self.chunk_count:
             raise ValueError("one chunk hash per chunk required")
-        # Rule M3: a delta names its base; a full artifact does not.
-        if (self.encoding is Encoding.ZSTD_DELTA) != (self.delta_base is not None):
-            raise ValueError("delta_base required exactly for zstd_delta")
+        # Rule M3: a delta (either delta encoding) names its base; a full artifact does not.
+        if self.encoding.is_delta != (self.delta_base is not None):
+            raise ValueError("delta_base required exactly for the delta encodings")
         if self.expires <= self.issued_at:
             raise ValueError("expires must be after issued_at")
         return self

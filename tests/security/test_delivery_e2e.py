@@ -8,6 +8,7 @@ The registry holds real int8 ``.tflite`` models; each device runs an
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import socket
@@ -26,10 +27,11 @@ from cloud.publisher import Outcome, Publisher, PublishReport, select_devices
 from cloud.registry import ArtifactStatus, Registry, VersionSource
 from cloud.registry.registry import NewArtifact
 from edge.inference import Predictor
+from edge.inference.runtime import make_interpreter
 from edge.keystore import load_device_keys
 from edge.updater import UpdateReport
 from edge.updater.mqtt import UpdaterClient
-from shared.artifacts import chunk_ad, sign_manifest, unwrap_content_key
+from shared.artifacts import Encoding, chunk_ad, sign_manifest, unwrap_content_key
 from shared.crypto import encrypt
 from shared.errors import NotDeployableError
 from shared.protocol import topics
@@ -166,10 +168,52 @@ def test_publish_reaches_every_device_then_upgrades(world: World, models: BuiltM
         _assert_serving(world, d, "1", models.int8_a)
     report = world.publish("cnn@2")  # the devices now report v1: a delta is tried
     assert all(r.outcome is Outcome.COMMITTED for r in report.devices.values())
-    assert {r.encoding for r in report.devices.values()} <= {"zstd", "zstd_delta"}
+    assert {r.encoding for r in report.devices.values()} <= {e.value for e in Encoding}
     for d in DEVICES:
         _assert_serving(world, d, "2", models.int8_b)
         assert world.clients[d].updater.state.floor == 2
+
+
+def _fine_tuned(model: bytes) -> bytes:
+    """``model`` with its largest int8 weight tensor moved by ±1 at 65% of the weights.
+
+    What fine-tuning + requantization does to a deployed model: same layout, same
+    quantization parameters, most weights one step away. Still a valid, loadable model.
+    """
+    interpreter = make_interpreter(model, num_threads=1)
+    tensors = []
+    for detail in interpreter.get_tensor_details():
+        with contextlib.suppress(ValueError):
+            value = interpreter.get_tensor(detail["index"])
+            if value.dtype == np.int8 and value.any() and model.count(value.tobytes()) == 1:
+                tensors.append(value)
+    weights = max(tensors, key=lambda t: t.size)
+    rng = np.random.default_rng(0)
+    steps = rng.choice(np.array([-1, 1]), weights.size) * (rng.random(weights.size) < 0.65)
+    tuned = np.clip(weights.ravel().astype(np.int16) + steps, -127, 127).astype(np.int8)
+    offset = model.index(weights.tobytes())
+    return model[:offset] + tuned.tobytes() + model[offset + weights.size :]
+
+
+def test_fine_tuned_model_goes_out_as_a_bytediff_delta(
+    world: World, models: BuiltModels, tmp_path: Path
+) -> None:
+    device = DEVICES[0]
+    world.start_device(device)
+    assert world.publish("cnn@1", (device,)).devices[device].outcome is Outcome.COMMITTED
+    tuned = tmp_path / "tuned.tflite"
+    tuned.write_bytes(_fine_tuned(models.int8_a.read_bytes()))
+    art = NewArtifact("tflite", "int8", tuned.read_bytes(), ArtifactStatus.APPROVED)
+    version = world.registry.create_version(
+        "cnn", spec={}, source=VersionSource.TRAINED, artifacts=[art]
+    )
+    result = world.publish(version.ref, (device,)).devices[device]
+    assert (result.outcome, result.encoding, result.base_version) == (
+        Outcome.COMMITTED,
+        Encoding.ZSTD_BYTEDIFF,
+        1,
+    )
+    _assert_serving(world, device, str(version.number), tuned)
 
 
 def test_another_model_with_an_old_version_number_is_never_reported_committed(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 
@@ -11,17 +12,26 @@ from hypothesis import strategies as st
 
 from shared.artifacts import (
     ArtifactAssembler,
+    ArtifactBuilder,
     AssemblyState,
     BaseArtifact,
     ChunkOutcome,
+    DeltaBase,
     Encoding,
+    Precision,
     sealed_chunk_from_bytes,
     sealed_chunk_to_bytes,
     unwrap_content_key,
 )
-from shared.artifacts.compression import compress, decompress_bounded, delta_compress
+from shared.artifacts.compression import (
+    bytediff_compress,
+    compress,
+    decompress_bounded,
+    delta_compress,
+)
 from shared.errors import DeltaBaseError, LengthMismatchError, MalformedArtifactError
-from tests.helpers.release import Fleet, artifact
+from tests.helpers.deltas import NEW_VERSION, fine_tuned, int8_weights
+from tests.helpers.release import HW, NOW, Fleet, artifact
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +84,7 @@ def test_resume_from_persisted_state(fleet: Fleet) -> None:
     assert asm.assemble(restored, key) == data
 
 
-def test_delta_is_used_when_smaller_and_verified(fleet: Fleet) -> None:
+def test_sparse_change_of_random_bytes_is_a_small_delta(fleet: Fleet) -> None:
     old = os.urandom(200_000)  # int8 weights are high-entropy: the realistic worst case
     new = bytearray(old)
     for i in range(0, len(new), 4001):
@@ -82,13 +92,60 @@ def test_delta_is_used_when_smaller_and_verified(fleet: Fleet) -> None:
     new = bytes(new)
     release = fleet.build(new, 3, base=BaseArtifact(2, old), chunk_size=8192)
     m = release.manifest
-    assert m.encoding is Encoding.ZSTD_DELTA and m.delta_base is not None
+    assert m.encoding.is_delta and m.delta_base is not None
     assert m.encoded_length < len(compress(new)) / 10
     assert _assemble(fleet, release, release.chunks, base=old) == new
-    with pytest.raises(DeltaBaseError):
-        _assemble(fleet, release, release.chunks, base=old[:-1] + b"?")
-    with pytest.raises(DeltaBaseError):
-        _assemble(fleet, release, release.chunks, base=None)
+
+
+@pytest.mark.parametrize("encoding", list(NEW_VERSION), ids=str)
+def test_delta_is_used_when_smaller_and_verified(fleet: Fleet, encoding: Encoding) -> None:
+    old = int8_weights(200_000)
+    new = NEW_VERSION[encoding](old)
+    release = fleet.build(new, 3, base=BaseArtifact(2, old), chunk_size=8192)
+    m = release.manifest
+    assert m.encoding is encoding
+    assert m.delta_base == DeltaBase(
+        version=2, sha256=hashlib.sha256(old).hexdigest(), length=len(old)
+    )
+    assert m.encoded_length < len(compress(new)) / 2
+    assert _assemble(fleet, release, release.chunks, base=old) == new
+    for wrong in (old[:-1] + b"?", old[:-1], fine_tuned(old, seed=7), None):
+        with pytest.raises(DeltaBaseError):
+            _assemble(fleet, release, release.chunks, base=wrong)
+
+
+class _HostileBuilder(ArtifactBuilder):
+    """A (compromised) builder whose signed bytediff frame yields ``extra`` more bytes."""
+
+    def __init__(self, extra: int) -> None:
+        super().__init__(chunk_size=4096)
+        self.extra = extra
+
+    def encode(self, artifact: bytes, base: BaseArtifact | None) -> tuple[Encoding, bytes]:
+        assert base is not None
+        lying = artifact + b"\x01" * self.extra if self.extra > 0 else artifact[: self.extra]
+        return Encoding.ZSTD_BYTEDIFF, bytediff_compress(lying, base.data)
+
+
+@pytest.mark.parametrize("extra", [1, -1, 5000])
+def test_bytediff_frame_longer_or_shorter_than_signed_is_refused(fleet: Fleet, extra: int) -> None:
+    old = int8_weights(20_000)
+    new = fine_tuned(old)
+    release = _HostileBuilder(extra).build(
+        new,
+        model_id="kws",
+        version=3,
+        precision=Precision.INT8,
+        hardware_ids=[HW],
+        recipients={"dev-a": fleet.devices["dev-a"].public_key},
+        rollout_id="r1",
+        now=NOW,
+        base=BaseArtifact(2, old),
+    )
+    assert release.manifest.encoding is Encoding.ZSTD_BYTEDIFF
+    assert release.manifest.length == len(new)
+    with pytest.raises(LengthMismatchError):
+        _assemble(fleet, release, release.chunks, base=old)
 
 
 def test_full_artifact_when_delta_is_not_smaller(fleet: Fleet) -> None:

@@ -10,6 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared.artifacts import (
+    BaseArtifact,
+    Encoding,
     RevocationList,
     manifest_from_bytes,
     manifest_to_bytes,
@@ -38,6 +40,7 @@ from shared.protocol.delivery_topics import (
     device_requests,
     parse_chunk_topic,
 )
+from tests.helpers.deltas import NEW_VERSION
 from tests.helpers.release import HW, NOW, Fleet, artifact
 
 
@@ -66,13 +69,30 @@ def test_manifest_consistency_rules(fleet: Fleet) -> None:
     for change in (
         {"chunk_count": raw["chunk_count"] + 1},  # M1
         {"chunk_sha256": raw["chunk_sha256"][:-1]},  # M2
-        {"encoding": "zstd_delta"},  # M3
+        {"encoding": "zstd_delta"},  # M3: a delta needs its base
+        {"encoding": "zstd_bytediff"},  # M3
+        {"delta_base": {"version": 1, "sha256": "0" * 64, "length": 10}},  # M3: full + base
         {"expires": raw["issued_at"]},
         {"extra": 1},
         {"hardware_ids": ["bad/id"]},
     ):
         with pytest.raises(ProtocolError):
             manifest_from_bytes(json.dumps(raw | change).encode())
+
+
+@pytest.mark.parametrize("encoding", ["zstd_delta", "zstd_bytediff"])
+def test_delta_manifest_needs_its_base(fleet: Fleet, encoding: str) -> None:
+    """M3 holds for both delta encodings: a base exactly when the encoding is a delta."""
+    old = artifact(20_000, seed=3)
+    make = NEW_VERSION[Encoding(encoding)]
+    m = fleet.build(make(old), 2, base=BaseArtifact(1, old)).manifest
+    assert m.encoding == encoding and m.encoding.is_delta and m.delta_base is not None
+    raw = json.loads(manifest_to_bytes(m))
+    assert manifest_from_bytes(json.dumps(raw).encode()) == m
+    for change in ({"delta_base": None}, {"encoding": "zstd"}):
+        with pytest.raises(ProtocolError):
+            manifest_from_bytes(json.dumps(raw | change).encode())
+    assert not Encoding.ZSTD.is_delta
 
 
 def test_verify_manifest_happy_path_and_per_device_copy(fleet: Fleet) -> None:
