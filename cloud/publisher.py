@@ -86,6 +86,14 @@ class PublishReport:
     devices: dict[str, DeviceResult]
     bytes_sent: int = 0
     seconds: float = 0.0
+    # Seconds from the start of the publish at which each phase ended (first occurrence):
+    # discovered, built, manifests_sent, chunks_sent; tells an operator where time went.
+    phases: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic, repr=False)
+
+    def mark(self, phase: str) -> None:
+        """Record the first time ``phase`` was reached."""
+        self.phases.setdefault(phase, round(time.monotonic() - self.started, 3))
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready form (no key material)."""
@@ -94,6 +102,7 @@ class PublishReport:
             "artifact_sha256": self.artifact_sha256,
             "bytes_sent": self.bytes_sent,
             "seconds": round(self.seconds, 3),
+            "phases": dict(self.phases),
             "devices": {d: vars(r) | {"outcome": str(r.outcome)} for d, r in self.devices.items()},
         }
 
@@ -190,13 +199,13 @@ class Publisher:
         report = PublishReport(
             info.ref, art.sha256, {d.device_id: DeviceResult(d.device_id) for d in devices}
         )
-        started = time.monotonic()
         link = CoordinatorLink(
             self.home, host=self._host, port=self._port, client_id=f"publisher-{uuid.uuid4().hex}"
         )
         link.connect([topics.all_devices(topics.DeviceLeaf.STATUS), all_device_requests()])
         try:
             running = self._discover(link, devices, discover_s)
+            report.mark("discovered")
             # A device already above the target would refuse it as a rollback (the floor
             # is per device, across model lines): say so instead of sending it.
             newer = {d.device_id for d in devices if running.get(d.device_id, 0) > info.number}
@@ -205,6 +214,7 @@ class Publisher:
                 result.outcome, result.reason = Outcome.FAILED, "older_than_installed"
             targets = [d for d in devices if d.device_id not in newer]
             plans = self._plan(info.model, info.number, art.precision, data, targets, running)
+            report.mark("built")
             target = (info.model, info.number, art.precision)
             # Devices that already reported this version number before we sent anything:
             # their status alone proves nothing (it may be another model with the same
@@ -214,7 +224,7 @@ class Publisher:
                 _Run(self, link, plans, report, target, data, preexisting).wait(timeout_s)
         finally:
             report.bytes_sent = link.bytes_sent
-            report.seconds = time.monotonic() - started
+            report.seconds = time.monotonic() - report.started
             link.close()
         return report
 
@@ -223,15 +233,19 @@ class Publisher:
     ) -> dict[str, int]:
         """Installed version per device, from their retained status messages."""
         wanted = {d.device_id for d in devices}
+        heard: set[str] = set()  # a device with no model yet has nothing to add to running
         running: dict[str, int] = {}
         deadline = time.monotonic() + wait_s
-        while wanted - running.keys() and time.monotonic() < deadline:
+        while wanted - heard and time.monotonic() < deadline:
             try:
                 msg = link.inbox.get(timeout=0.05)
             except queue.Empty:
                 continue
             status = _status(msg)
-            if status and status.device_id in wanted and (status.model_version or "").isdigit():
+            if status is None or status.device_id not in wanted:
+                continue
+            heard.add(status.device_id)
+            if (status.model_version or "").isdigit():
                 running[status.device_id] = int(status.model_version or 0)
         return running
 
@@ -348,6 +362,7 @@ class _Run:
             self.link.publish(topics.device_manifest(device_id), payload, retain=True)
         plan.waiting = set(plan.devices)
         plan.due = time.monotonic() + _SUBSCRIBE_GRACE_S
+        self.report.mark("manifests_sent")
         logger.info("manifest v%d (%s) to %d device(s)", m.version, m.encoding, len(plan.devices))
 
     def _window(self, plan: _Plan) -> float:
@@ -360,6 +375,7 @@ class _Run:
         for chunk in plan.release.chunks:
             self.recent[(chunk.artifact_id, chunk.index)] = now
             self.link.publish(artifact_chunk(chunk.artifact_id, chunk.index), encode_chunk(chunk))
+        self.report.mark("chunks_sent")
 
     def _flush(self, plan: _Plan) -> None:
         """Republish the requested chunks whose resend window has passed (§7).

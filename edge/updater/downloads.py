@@ -12,7 +12,7 @@ import logging
 import re
 from pathlib import Path
 
-from edge.updater.fsutil import remove_tree, write_atomic
+from edge.updater.fsutil import remove_tree, write_verified_cache
 from shared.artifacts import ArtifactAssembler, AssemblyState, SealedChunk
 from shared.artifacts.chunking import is_artifact_id
 from shared.artifacts.trust import Envelope
@@ -56,11 +56,14 @@ class DownloadStore:
     def begin(self, artifact_id: str, envelope: Envelope) -> None:
         """Record a verified manifest so the download survives a restart."""
         data = envelope.model_dump_json(exclude_none=True).encode()
-        write_atomic(self._dir(artifact_id) / "manifest.json", data)
+        directory = self._dir(artifact_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        write_verified_cache(directory / "manifest.json", data)  # re-verified on restore
 
     def save_chunk(self, chunk: SealedChunk) -> None:
-        """Persist one accepted chunk body (rule F1)."""
-        write_atomic(self._dir(chunk.artifact_id) / f"chunk-{chunk.index:04d}.bin", chunk.body)
+        """Store one accepted chunk body (not flushed: :meth:`restore` re-checks it)."""
+        path = self._dir(chunk.artifact_id) / f"chunk-{chunk.index:04d}.bin"
+        write_verified_cache(path, chunk.body)
 
     def restore(self, assembler: ArtifactAssembler) -> AssemblyState:
         """Rebuild the assembly state from disk, re-checking each chunk (rule D1)."""

@@ -250,6 +250,17 @@ class Updater(CommandSteps):
         if dl.assembler.is_complete(dl.state):
             self._install(dl)
 
+    def due_in(self) -> float | None:
+        """Seconds until :meth:`tick` may have work (a resend request); None if idle.
+
+        Lets the owner sleep instead of polling: a fleet of idle devices (or 200 simulated
+        ones on one host) should not wake ten times a second for nothing.
+        """
+        dl = self._download
+        if dl is None:
+            return None
+        return max(0.0, dl.last_progress + dl.retry_after - self._now())
+
     def tick(self) -> None:
         """Ask for missing chunks once the download has been quiet long enough (§7).
 

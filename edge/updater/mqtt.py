@@ -38,6 +38,8 @@ __all__ = ["MqttUpdaterLink", "UpdaterClient", "status_message"]
 logger = logging.getLogger(__name__)
 
 SESSION_EXPIRY_S = 3600
+_IDLE_WAKE_S = 1.0  # longest sleep of the worker between ticks
+_CONNECTED = "$connected"  # inbox marker: announce the status from the worker thread
 
 
 def status_message(device_id: str, hardware_id: str, report: UpdateReport) -> StatusMessage:
@@ -117,6 +119,15 @@ class UpdaterClient:
             cert_reqs=ssl.CERT_REQUIRED,
         )
         client.username_pw_set(keys.broker_username, keys.broker_password)
+        offline = StatusMessage(
+            device_id=keys.device_id,
+            sent_at=time.time(),
+            state=DeviceState.OFFLINE,
+            hardware_id=keys.hardware_id,
+        )
+        client.will_set(
+            topics.device_status(keys.device_id), encode_message(offline), qos=1, retain=True
+        )
         client.reconnect_delay_set(min_delay=1, max_delay=2)
         client.on_connect = self._on_connect
         client.on_message = self._on_message
@@ -146,6 +157,7 @@ class UpdaterClient:
         if not getattr(reason, "is_failure", False):
             subs = sorted(self.link.subscriptions)
             client.subscribe([(t, 1) for t in subs])
+            self._inbox.put((_CONNECTED, b""))
 
     def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
         self._inbox.put((str(msg.topic), bytes(msg.payload)))
@@ -157,7 +169,27 @@ class UpdaterClient:
         )
         self._on_report(report)
 
+    def _announce(self) -> None:
+        """Retained status after each connect: what this device serves (the coordinator
+        reads it to choose a delta base, and to stop waiting for devices it has heard)."""
+        state = self.updater.state
+        record = state.active_record
+        message = StatusMessage(
+            device_id=self.keys.device_id,
+            sent_at=time.time(),
+            state=DeviceState.UPDATING if self.updater.downloading else DeviceState.ONLINE,
+            model_version=str(record.version) if record else None,
+            slot=state.active.value if state.active else None,
+            hardware_id=self.keys.hardware_id,
+        )
+        self.link.publish(
+            topics.device_status(self.keys.device_id), encode_message(message), retain=True
+        )
+
     def _dispatch(self, topic: str, payload: bytes) -> None:
+        if topic == _CONNECTED:
+            self._announce()
+            return
         if topic == topics.device_manifest(self.keys.device_id):
             self.updater.handle_manifest(payload)
             return
@@ -175,8 +207,10 @@ class UpdaterClient:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            due = self.updater.due_in()
+            wait = _IDLE_WAKE_S if due is None else min(due, _IDLE_WAKE_S)
             try:
-                item = self._inbox.get(timeout=0.1)
+                item = self._inbox.get(timeout=wait)
             except queue.Empty:
                 item = None
             if item is not None:

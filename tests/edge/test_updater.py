@@ -20,7 +20,14 @@ from typing import Any
 import pytest
 
 from edge.updater import Slot, Updater, UpdateReport
-from shared.artifacts import Envelope, Release, chunk_ad, unwrap_content_key
+from shared.artifacts import (
+    BaseArtifact,
+    Encoding,
+    Envelope,
+    Release,
+    chunk_ad,
+    unwrap_content_key,
+)
 from shared.crypto import SigningKey, encrypt
 from shared.errors import ModelLoadError
 from shared.protocol.delivery import (
@@ -31,6 +38,7 @@ from shared.protocol.delivery import (
     encode_delivery,
 )
 from shared.protocol.messages import UpdateOutcome
+from tests.helpers.deltas import NEW_VERSION
 from tests.helpers.release import HW, NOW, Fleet, artifact
 
 V1 = artifact(30_000, seed=1)
@@ -221,6 +229,23 @@ def test_resend_waits_for_the_quiet_period(device: Device, v2: Release) -> None:
     assert len(device.link.published) == 1
 
 
+def test_due_in_says_when_tick_has_work(device: Device, v2: Release) -> None:
+    """The owner may sleep exactly until the next resend check, and forever when idle."""
+    assert device.updater.due_in() is None  # nothing downloading
+    device.updater.handle_manifest(manifest_payload(device.fleet, v2))
+    device.updater.handle_chunk(encode_chunk(v2.chunks[0]))
+    due = device.updater.due_in()
+    assert due is not None and 0 < due <= 2.0  # quiet_s after the last new chunk
+    device.clock[0] += due - 0.01
+    device.updater.tick()
+    assert not device.link.published  # not yet
+    device.clock[0] += 0.02
+    assert device.updater.due_in() == 0.0
+    device.updater.tick()
+    assert len(device.link.published) == 1  # the resend request
+    assert device.updater.due_in() is not None and device.updater.due_in() > 0  # backoff
+
+
 def test_probation_failure_reverts_and_keeps_old_model(device: Device, v2: Release) -> None:
     before = snapshot(device.state_dir)
     device.serving.fail.add("2")
@@ -354,7 +379,12 @@ class Crash(BaseException):
 
 @dataclass
 class CrashAt:
-    """Fails the ``at``-th fsync/rename; an fsync crash first drops the unsynced data."""
+    """Fails the ``at``-th write/fsync/rename, leaving the files as a power cut would.
+
+    A crash in a write leaves half the data written (download files are never flushed,
+    so that is what a power cut can leave of them); an fsync crash first drops the
+    unsynced data.
+    """
 
     at: int
     seen: int = 0
@@ -365,7 +395,13 @@ class CrashAt:
             raise Crash
 
     def install(self, mp: pytest.MonkeyPatch) -> None:
-        real_fsync, real_replace = os.fsync, os.replace
+        real_fsync, real_replace, real_write = os.fsync, os.replace, os.write
+
+        def write(fd: int, data: Any) -> int:
+            if self.seen + 1 == self.at:
+                real_write(fd, bytes(data)[: len(data) // 2])  # torn
+            self._step()
+            return real_write(fd, data)
 
         def fsync(fd: int) -> None:
             if self.seen + 1 == self.at:
@@ -381,6 +417,7 @@ class CrashAt:
 
         mp.setattr(os, "fsync", fsync)
         mp.setattr(os, "replace", replace)
+        mp.setattr(os, "write", write)
 
 
 @pytest.fixture()
@@ -404,8 +441,9 @@ def _count_steps(fleet: Fleet, template: Path, v2: Release, tmp_path: Path) -> i
 
 
 def test_crash_at_every_step_recovers_to_a_committed_model(
-    fleet: Fleet, crash_template: Path, v2: Release, tmp_path: Path
+    fleet: Fleet, crash_template: Path, tmp_path: Path
 ) -> None:
+    v2 = fleet.build(V2, 2, chunk_size=CHUNK // 4)  # more chunks, more crash points
     steps = _count_steps(fleet, crash_template, v2, tmp_path)
     assert steps >= 20  # manifest, every chunk, slot and state each take several steps
     outcomes: set[str] = set()
@@ -439,15 +477,38 @@ class _CrashingServing(Serving):
         raise Crash
 
 
-def test_delta_update_applies_to_the_installed_model(fleet: Fleet, device: Device) -> None:
-    from shared.artifacts import BaseArtifact
-
-    new = bytearray(V1)
-    new[100:140] = os.urandom(40)  # a small fine-tuning change
-    release = fleet.build(bytes(new), 2, chunk_size=CHUNK, base=BaseArtifact(1, V1))
-    assert release.manifest.encoding == "zstd_delta"
+@pytest.mark.parametrize("encoding", list(NEW_VERSION), ids=str)
+def test_delta_update_applies_to_the_installed_model(
+    fleet: Fleet, device: Device, encoding: Encoding
+) -> None:
+    new = NEW_VERSION[encoding](V1)  # a fine-tuning change of the installed v1
+    release = fleet.build(new, 2, chunk_size=CHUNK, base=BaseArtifact(1, V1))
+    assert release.manifest.encoding is encoding
     device.deliver(release)
-    assert device.serving.current == ("2", bytes(new))
+    assert device.last.outcome is UpdateOutcome.COMMITTED
+    assert device.serving.current == ("2", new)
     assert hashlib.sha256(device.updater.active_model()[0].read_bytes()).hexdigest() == (
         release.manifest.sha256
     )
+    assert device.restart().active_model()[1] == "2"
+
+
+@pytest.mark.parametrize("encoding", list(NEW_VERSION), ids=str)
+def test_delta_against_another_base_is_refused_and_old_model_keeps_serving(
+    fleet: Fleet, device: Device, encoding: Encoding
+) -> None:
+    other = artifact(len(V1), seed=7)  # same length as the installed v1, other bytes
+    release = fleet.build(
+        NEW_VERSION[encoding](other), 2, chunk_size=CHUNK, base=BaseArtifact(1, other)
+    )
+    assert release.manifest.encoding is encoding
+    before = snapshot(device.state_dir)
+    device.deliver(release)
+    assert (device.last.outcome, device.last.reason) == (
+        UpdateOutcome.FAILED,
+        "delta_base_mismatch",
+    )
+    assert snapshot(device.state_dir) == before
+    assert device.serving.current == ("1", V1)
+    assert device.updater.state.floor == 1
+    assert device.restart().active_model()[1] == "1"

@@ -35,11 +35,12 @@ from shared.artifacts import Encoding, chunk_ad, sign_manifest, unwrap_content_k
 from shared.crypto import encrypt
 from shared.errors import NotDeployableError
 from shared.protocol import topics
+from shared.protocol.codec import decode_message_as
 from shared.protocol.delivery import ManifestMessage, encode_chunk, encode_delivery
-from shared.protocol.messages import UpdateOutcome
+from shared.protocol.messages import DeviceState, StatusMessage, UpdateOutcome
 from tests.helpers.models import BuiltModels, build_models
 from tests.helpers.mosquitto import free_port
-from tests.security.conftest import FleetBroker, connect
+from tests.security.conftest import Client, FleetBroker, connect
 
 DEVICES = ("dev-a", "dev-b", "dev-c")
 
@@ -307,3 +308,47 @@ def test_broker_restart_mid_transfer_completes(world: World, models: BuiltModels
     assert all(r.outcome is Outcome.COMMITTED for r in result[0].devices.values())
     for d in DEVICES:
         _assert_serving(world, d, "1", models.int8_a)
+
+
+def _statuses_of(watcher: Client, device_id: str) -> list[StatusMessage]:
+    with watcher.acked:
+        payloads = [p for t, p in watcher.messages if t == topics.device_status(device_id)]
+    return [decode_message_as(p, StatusMessage) for p in payloads]
+
+
+def test_updater_announces_itself_and_leaves_a_last_will(world: World, models: BuiltModels) -> None:
+    """Retained ``online`` status after connecting (what it serves), ``offline`` when cut off.
+
+    The publisher stops waiting for status discovery once every target has spoken, so a
+    device without a model must announce itself too.
+    """
+    watcher = connect(world.broker, COORDINATOR_USER)
+    assert watcher.subscribe(topics.device_status("dev-a")) == [1]
+    client = world.start_device("dev-a")
+    assert watcher.wait(lambda: _statuses_of(watcher, "dev-a"), timeout=10)
+    first = _statuses_of(watcher, "dev-a")[0]
+    assert first.state is DeviceState.ONLINE and first.model_version is None
+    assert first.hardware_id == "hw-a"
+
+    report = world.publish("cnn@1", ("dev-a",))
+    assert report.devices["dev-a"].outcome is Outcome.COMMITTED
+    assert "discovered" in report.phases and report.phases["discovered"] < 0.5  # not the wait
+
+    # Reconnect: the announcement now names the committed model.
+    client.stop()
+    world.clients.pop("dev-a")
+    watcher.messages.clear()
+    client = world.start_device("dev-a")
+    assert watcher.wait(
+        lambda: any(s.model_version == "1" for s in _statuses_of(watcher, "dev-a")), timeout=10
+    )
+    # A connection that drops without DISCONNECT (power cut): the broker sends the will.
+    watcher.messages.clear()
+    sock = client._client.socket()
+    assert sock is not None
+    sock.shutdown(socket.SHUT_RDWR)
+    assert watcher.wait(
+        lambda: any(s.state is DeviceState.OFFLINE for s in _statuses_of(watcher, "dev-a")),
+        timeout=10,
+    )
+    watcher.close()
