@@ -37,19 +37,25 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically and durably (rule F1), mode 0600."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}{TMP_SUFFIX}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def _write_file(path: Path, data: bytes, *, flush: bool) -> None:
+    """Create/truncate ``path`` (mode 0600) and write all of ``data``; fsync if ``flush``."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         view = memoryview(data)
         while view:
             written = os.write(fd, view)
             view = view[written:]
-        os.fsync(fd)
+        if flush:
+            os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically and durably (rule F1), mode 0600."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}{TMP_SUFFIX}")
+    _write_file(tmp, data, flush=True)
     os.replace(tmp, path)
     fsync_dir(path.parent)
 
@@ -63,14 +69,7 @@ def write_verified_cache(path: Path, data: bytes) -> None:
     the three extra system calls and two flushes per 64 KiB chunk that durability costs
     buy nothing. Slots and state always go through :func:`write_atomic`.
     """
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-    finally:
-        os.close(fd)
+    _write_file(path, data, flush=False)
 
 
 def remove_temporaries(directory: Path) -> int:
