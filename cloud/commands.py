@@ -12,6 +12,7 @@ The answer is the device's next (non-retained) status whose ``update.outcome`` i
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import queue
 import time
@@ -77,14 +78,22 @@ def _seq_path(home: KeyHome) -> Path:
 
 
 def next_seq(home: KeyHome, *, now: float | None = None) -> int:
-    """Allocate the next command sequence number (K6) and persist it atomically."""
+    """Allocate the next command sequence number (K6) and persist it atomically.
+
+    Two coordinators (or two ``fedge cloud rollback`` runs) sharing a key home hold an
+    exclusive lock for the read-increment-write, so they never hand out the same number
+    (the device would refuse the second command as a replay).
+    """
     path = _seq_path(home)
-    try:
-        last = int(path.read_text().strip()) if path.exists() else 0
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"unreadable command sequence file {path}") from exc
-    seq = max(int((time.time() if now is None else now) * 1000), last + 1)
-    write_public(path, f"{seq}\n".encode())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.with_name("command_seq.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        try:
+            last = int(path.read_text().strip()) if path.exists() else 0
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"unreadable command sequence file {path}") from exc
+        seq = max(int((time.time() if now is None else now) * 1000), last + 1)
+        write_public(path, f"{seq}\n".encode())
     return seq
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing as mp
+from pathlib import Path
+
 import pytest
 
 from cloud.commands import build_command, next_seq
@@ -34,6 +37,20 @@ def test_seq_strictly_increases_even_if_the_clock_steps_back(home: KeyHome) -> N
     first = next_seq(home, now=2_000_000_000)
     assert next_seq(home, now=1_000_000_000) == first + 1  # K6 on the device would refuse
     assert (home.path / "coordinator" / "command_seq").read_text().strip() == str(first + 1)
+
+
+def _allocate(home_path: str, count: int) -> list[int]:
+    home = KeyHome(Path(home_path))
+    return [next_seq(home, now=3_000_000_000) for _ in range(count)]
+
+
+def test_concurrent_coordinators_never_share_a_seq(home: KeyHome) -> None:
+    """Four processes on one key home, same clock: every number handed out once."""
+    with mp.get_context("spawn").Pool(4) as pool:
+        runs = pool.starmap(_allocate, [(str(home.path), 40)] * 4)
+    issued = [seq for run in runs for seq in run]
+    assert len(set(issued)) == len(issued) == 160
+    assert all(run == sorted(run) for run in runs)  # each caller sees them increase
 
 
 def test_unknown_device_refused(home: KeyHome) -> None:
