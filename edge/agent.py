@@ -36,16 +36,17 @@ from typing import TYPE_CHECKING
 import psutil
 from pydantic import BaseModel
 
+from edge.agent_updates import AgentUpdates
 from edge.inference import InferenceServer, Predictor
-from edge.keystore import DeviceKeys, load_device_keys
+from edge.keystore import DeviceKeys
 from edge.messaging import EventKind, LinkEvent, MqttLink, parse_broker_url
 from edge.outbox import Outbox
 from edge.updater import Updater, UpdateReport
-from shared.errors import ConfigError, FedgeError, ProtocolError
+from edge.updater.routing import dispatch
+from shared.errors import FedgeError
 from shared.profiles import DeviceProfile
 from shared.protocol import topics
 from shared.protocol.codec import encode_message
-from shared.protocol.delivery_topics import parse_chunk_topic
 from shared.protocol.messages import (
     DeviceState,
     LatencyStats,
@@ -102,32 +103,6 @@ class _Send:
     message: BaseModel
     retain: bool
     droppable: bool
-
-
-class _UpdaterLink:
-    """The updater's publish/subscribe over the agent's :class:`MqttLink`.
-
-    Remembers its subscriptions so the agent renews them after every connect (a persistent
-    session usually keeps them, but a broker without persistence forgets them).
-    """
-
-    def __init__(self, link: MqttLink) -> None:
-        self._link = link
-        self.subscriptions: set[str] = set()
-
-    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        """Publish at QoS 1 (paho queues it while disconnected)."""
-        self._link.publish(topic, payload, qos=1, retain=retain)
-
-    def subscribe(self, topic: str) -> None:
-        """Subscribe at QoS 1."""
-        self.subscriptions.add(topic)
-        self._link.subscribe_topic(topic)
-
-    def unsubscribe(self, topic: str) -> None:
-        """Drop a subscription."""
-        self.subscriptions.discard(topic)
-        self._link.unsubscribe(topic)
 
 
 class Agent:
@@ -190,34 +165,23 @@ class Agent:
         )
         self.keys: DeviceKeys | None = None
         self.updater: Updater | None = None
-        self._updater_link: _UpdaterLink | None = None
+        self.updates: AgentUpdates | None = None
         if config.bundle_dir is not None:
             self._start_updater(config.bundle_dir)
 
     def _start_updater(self, bundle_dir: Path) -> None:
-        keys = load_device_keys(bundle_dir)
-        if keys.device_id != self.config.device_id:
-            raise ConfigError(
-                f"device bundle is for {keys.device_id!r}, not {self.config.device_id!r}"
-            )
-        self.keys = keys
-        self._updater_link = _UpdaterLink(self.link)
-        profile = self.config.profile
-        self.updater = Updater(
-            device_id=keys.device_id,
-            hardware_id=keys.hardware_id,
-            box_key=keys.box_key,
-            trust=keys.trust,
-            max_model_bytes=profile.max_model_bytes,
-            precisions=tuple(str(p) for p in profile.precisions),
+        self.updates = AgentUpdates.start(
+            bundle_dir,
+            device_id=self.config.device_id,
+            profile=self.config.profile,
             state_dir=self.config.state_dir / "updater",
-            link=self._updater_link,
+            link=self.link,
             activate=self._activate_model,
             on_status=self._on_update,
             now=self._now,
             quiet_s=self.config.update_quiet_s,
-            groups=keys.groups,
         )
+        self.keys, self.updater = self.updates.keys, self.updates.updater
 
     def _activate_model(self, path: Path, version: str) -> None:
         """Probation: load + smoke-test; the previous model keeps serving on failure."""
@@ -331,9 +295,8 @@ class Agent:
             logger.info("connected to broker")
             subs = [topics.device_cmd(self.config.device_id)]
             subs += [topics.group_cmd(g) for g in sorted(self._groups())]
-            if self.updater is not None and self._updater_link is not None:
-                subs.append(topics.device_manifest(self.config.device_id))
-                subs += sorted(self._updater_link.subscriptions)
+            if self.updates is not None:
+                subs += self.updates.subscriptions()
             self.link.subscribe(subs)
             downloading = self.updater is not None and self.updater.downloading is not None
             self._send_status(DeviceState.UPDATING if downloading else DeviceState.ONLINE)
@@ -362,11 +325,6 @@ class Agent:
         enrolled = self.keys.groups if self.keys is not None else frozenset()
         return set(self.config.profile.groups) | set(enrolled)
 
-    def _is_cmd_topic(self, topic: str) -> bool:
-        if topic == topics.device_cmd(self.config.device_id):
-            return True
-        return any(topic == topics.group_cmd(g) for g in self._groups())
-
     def _handle_raw(self, topic: str, payload: bytes) -> None:
         """A manifest, chunk or command: the updater verifies it (never raises here)."""
         updater = self.updater
@@ -375,19 +333,12 @@ class Agent:
             logger.warning("no updater for a message on %s", topic)
             return
         try:
-            if topic == topics.device_manifest(self.config.device_id):
-                updater.handle_manifest(payload)
-                return
-            if self._is_cmd_topic(topic):
-                updater.handle_command(payload)  # K1-K6 inside
-                return
-            try:
-                parse_chunk_topic(topic)
-            except ProtocolError:
+            known = dispatch(
+                updater, topic, payload, device_id=self.config.device_id, groups=self._groups()
+            )
+            if not known:
                 self._rejected += 1
                 logger.warning("ignoring a message on an unexpected topic %s", topic)
-                return
-            updater.handle_chunk(payload)
         except Exception:  # an updater bug must not stop the agent
             logger.exception("updater failed on a message on %s", topic)
 

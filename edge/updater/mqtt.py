@@ -27,10 +27,9 @@ from paho.mqtt.properties import Properties
 
 from edge.keystore import DeviceKeys, load_device_keys
 from edge.updater.engine import Activate, Updater, UpdateReport
-from shared.errors import ProtocolError
+from edge.updater.routing import dispatch
 from shared.protocol import topics
 from shared.protocol.codec import encode_message
-from shared.protocol.delivery_topics import parse_chunk_topic
 from shared.protocol.messages import DeviceState, StatusMessage, UpdateOutcome
 
 __all__ = ["MqttUpdaterLink", "UpdaterClient", "status_message"]
@@ -190,20 +189,11 @@ class UpdaterClient:
         if topic == _CONNECTED:
             self._announce()
             return
-        if topic == topics.device_manifest(self.keys.device_id):
-            self.updater.handle_manifest(payload)
-            return
-        if topic == topics.device_cmd(self.keys.device_id) or topic in {
-            topics.group_cmd(g) for g in self.keys.groups
-        }:
-            self.updater.handle_command(payload)  # K1-K6 inside
-            return
-        try:
-            parse_chunk_topic(topic)
-        except ProtocolError:
+        known = dispatch(
+            self.updater, topic, payload, device_id=self.keys.device_id, groups=self.keys.groups
+        )
+        if not known:
             logger.warning("ignoring a message on an unexpected topic")
-            return
-        self.updater.handle_chunk(payload)
 
     def _run(self) -> None:
         while not self._stop.is_set():
