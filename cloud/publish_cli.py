@@ -6,13 +6,18 @@ Exit code 0 when every device committed, 1 when any failed or timed out, 2 on an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
-from typing import Annotated
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from shared.errors import ConfigError, FedgeError
+
+if TYPE_CHECKING:
+    from cloud.publish_report import PublishReport
 
 __all__ = ["publish_cmd", "register"]
 
@@ -50,10 +55,12 @@ def publish_cmd(
         home = KeyHome(settings.home / "keys")
         targets = select_devices(home, _split(devices), group)
         registry = Registry.from_settings(settings)
+        publisher = Publisher(registry, home, host=host, port=int(port))
         try:
-            report = Publisher(registry, home, host=host, port=int(port)).publish(
-                version, targets, timeout_s=timeout
-            )
+            with _progress(len(targets), enabled=not json_out) as on_progress:
+                report = publisher.publish(
+                    version, targets, timeout_s=timeout, on_progress=on_progress
+                )
         finally:
             registry.close()
     except FedgeError as exc:
@@ -66,8 +73,35 @@ def publish_cmd(
             reason = f" ({result.reason})" if result.reason else ""
             typer.echo(f"{result.device_id}: {result.outcome}{reason} [{result.encoding}]")
         typer.echo(f"{report.bytes_sent} bytes sent in {report.seconds:.1f} s")
+        phases = " · ".join(f"{name} {at:.2f} s" for name, at in report.phases.items())
+        if phases:
+            typer.echo(f"timeline: {phases}")
     if any(r.outcome is not Outcome.COMMITTED for r in report.devices.values()):
         raise typer.Exit(1)
+
+
+@contextlib.contextmanager
+def _progress(total: int, *, enabled: bool) -> Iterator[Callable[[PublishReport], None] | None]:
+    """A progress bar of devices with an outcome (on stderr; none for ``--json``)."""
+    if not enabled:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from cloud.publisher import Outcome
+
+    columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("devices done", total=total)
+
+        def update(report: PublishReport) -> None:
+            results = report.devices.values()
+            done = sum(r.outcome is not Outcome.TIMEOUT for r in results)
+            failed = sum(r.outcome is Outcome.FAILED for r in results)
+            bar.update(task, completed=done, description=f"devices done ({failed} failed)")
+
+        yield update
 
 
 def register(cloud_app: typer.Typer) -> None:

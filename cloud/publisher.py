@@ -95,8 +95,11 @@ class Publisher:
         *,
         timeout_s: float = 120.0,
         discover_s: float = 1.0,
+        on_progress: Callable[[PublishReport], None] | None = None,
     ) -> PublishReport:
         """Publish ``ref`` to ``devices`` and wait for their outcomes.
+
+        ``on_progress`` is called with the report whenever a device's outcome changes.
 
         Raises:
             NotDeployableError: the version has no approved TFLite artifact (P1).
@@ -130,7 +133,8 @@ class Publisher:
             # number), only their answer to this manifest does.
             preexisting = {d for d, v in running.items() if v == info.number}
             if targets:
-                Rollout(self, link, plans, report, target, data, preexisting).wait(timeout_s)
+                rollout = Rollout(self, link, plans, report, target, data, preexisting, on_progress)
+                rollout.wait(timeout_s)
         finally:
             report.bytes_sent = link.bytes_sent
             report.seconds = time.monotonic() - report.started

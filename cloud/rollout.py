@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import queue
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -97,8 +98,10 @@ class Rollout:
         target: tuple[str, int, str],
         data: bytes,
         preexisting: set[str] | frozenset[str] = frozenset(),
+        on_progress: Callable[[PublishReport], None] | None = None,
     ) -> None:
         self.pub, self.link, self.report, self.data = pub, link, report, data
+        self.on_progress = on_progress
         self.preexisting = set(preexisting)
         self.model, self.version, self.precision = target
         self.plans: dict[str, Plan] = {}
@@ -205,6 +208,13 @@ class Rollout:
             plan.pending.update(i for i in request.missing if 0 <= i < count)
 
     def _on_status(self, msg: Incoming) -> None:
+        before = [r.outcome for r in self.report.devices.values()]
+        self._apply_status(msg)
+        after = [r.outcome for r in self.report.devices.values()]
+        if after != before and self.on_progress is not None:
+            self.on_progress(self.report)
+
+    def _apply_status(self, msg: Incoming) -> None:
         status = status_of(msg)
         if status is None or status.device_id not in self.report.devices:
             return

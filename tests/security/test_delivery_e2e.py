@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import socket
 import threading
@@ -129,7 +130,8 @@ def world(tmp_path: Path, models: BuiltModels) -> Iterator[World]:
     files = write_broker_config(home, tmp_path / "broker", port=port)
     proc = start_broker(files)
     _wait_port(port)
-    registry = Registry(f"sqlite:///{tmp_path / 'reg.db'}", tmp_path / "store")
+    # The layout `fedge` uses under FEDGE_HOME=tmp_path, so the CLI can be run on it too.
+    registry = Registry(f"sqlite:///{tmp_path / 'registry.db'}", tmp_path / "artifacts")
     for path, status in (
         (models.int8_a, ArtifactStatus.APPROVED),
         (models.int8_b, ArtifactStatus.APPROVED),
@@ -352,3 +354,42 @@ def test_updater_announces_itself_and_leaves_a_last_will(world: World, models: B
         timeout=10,
     )
     watcher.close()
+
+
+def test_publish_cli_reports_every_device(
+    world: World, models: BuiltModels, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``fedge cloud publish`` end to end: JSON for scripts, a readable summary for people."""
+    from typer.testing import CliRunner
+
+    from simulations.cli import app
+
+    for d in DEVICES:
+        world.start_device(d)
+    monkeypatch.setenv("FEDGE_HOME", str(world.base))
+    monkeypatch.delenv("FEDGE_DATABASE_URL", raising=False)
+    broker = f"127.0.0.1:{world.broker.port}"
+    args = ["cloud", "publish", "cnn@1", "--devices", "dev-a,dev-b", "--broker", broker]
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert {d: r["outcome"] for d, r in report["devices"].items()} == {
+        "dev-a": "committed",
+        "dev-b": "committed",
+    }
+    assert set(report["phases"]) >= {"discovered", "built", "manifests_sent", "chunks_sent"}
+    assert report["bytes_sent"] > 0
+    _assert_serving(world, "dev-a", "1", models.int8_a)
+
+    # A rejected artifact is never sent: exit 2 with the reason, nothing changes.
+    result = CliRunner().invoke(
+        app, ["cloud", "publish", "cnn@3", "-d", "dev-c", "--broker", broker]
+    )
+    assert result.exit_code == 2 and "not_deployable" in result.output
+    assert world.clients["dev-c"].updater.active_model() is None
+
+    result = CliRunner().invoke(
+        app, ["cloud", "publish", "cnn@2", "-d", "dev-c", "--broker", broker]
+    )
+    assert result.exit_code == 0, result.output
+    assert "dev-c: committed" in result.stdout and "timeline: discovered" in result.stdout
