@@ -15,6 +15,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from cloud.keys import COORDINATOR_USER, KeyHome
 from shared.errors import ConfigError
@@ -22,6 +24,8 @@ from shared.errors import ConfigError
 __all__ = ["CoordinatorLink", "Incoming"]
 
 logger = logging.getLogger(__name__)
+
+SESSION_EXPIRY_S = 300  # how long the broker keeps queuing for a coordinator that dropped
 
 
 @dataclass(frozen=True)
@@ -85,8 +89,13 @@ class CoordinatorLink:
             ConfigError: the broker refused or did not answer.
         """
         self._subscriptions = list(subscriptions)
+        # A session that outlives a dropped connection: statuses and resend requests the
+        # devices send while the coordinator is reconnecting (e.g. across a broker restart)
+        # are queued for it instead of lost. Fresh on the first connect, resumed after.
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = SESSION_EXPIRY_S
         try:
-            self._client.connect(self._host, self._port, keepalive=30)
+            self._client.connect(self._host, self._port, keepalive=30, properties=props)
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"cannot reach broker {self._host}:{self._port}: {exc}") from exc
         self._client.loop_start()
@@ -100,6 +109,8 @@ class CoordinatorLink:
         return self._client.publish(topic, payload, qos=1, retain=retain)
 
     def close(self) -> None:
-        """Disconnect."""
-        self._client.disconnect()
+        """Disconnect and end the session (nothing more to queue for this client)."""
+        props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = 0
+        self._client.disconnect(properties=props)
         self._client.loop_stop()

@@ -184,7 +184,7 @@ class Rollout:
                 continue
             if msg.topic.endswith("/requests"):
                 self._on_request(msg)
-            elif not msg.retained:  # a retained status predates this publish
+            else:
                 self._on_status(msg)
 
     def _on_request(self, msg: Incoming) -> None:
@@ -227,6 +227,14 @@ class Rollout:
         serving_it = (
             status.model_version == str(self.version) and status.device_id not in self.preexisting
         )
+        if msg.retained:
+            # A retained status may predate this publish, so its ``update`` proves nothing;
+            # but a device that did not serve this version when we started and serves it
+            # now has installed it. This is how a commit made while the coordinator was
+            # reconnecting (e.g. across a broker restart) is still seen.
+            if serving_it and result.outcome is Outcome.TIMEOUT:
+                result.outcome, result.reason = Outcome.COMMITTED, None
+            return
         if outcome in _DONE or (serving_it and outcome is not UpdateOutcome.FAILED):
             result.outcome, result.reason = Outcome.COMMITTED, None
         elif update is None or update.version not in (0, self.version):

@@ -307,7 +307,8 @@ def test_broker_restart_mid_transfer_completes(world: World, models: BuiltModels
     world.gates["dev-a"].set()
     worker.join(60)
     assert result, "publisher did not finish"
-    assert all(r.outcome is Outcome.COMMITTED for r in result[0].devices.values())
+    outcomes = {d: str(r.outcome) for d, r in result[0].devices.items()}
+    assert outcomes == dict.fromkeys(DEVICES, "committed")
     for d in DEVICES:
         _assert_serving(world, d, "1", models.int8_a)
 
