@@ -40,7 +40,6 @@ import os
 import platform
 import pstats
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -62,18 +61,6 @@ HARDWARE_ID = "hw-bench"
 # --------------------------------------------------------------------------------------
 # (a) the protocol run
 # --------------------------------------------------------------------------------------
-
-
-def _wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError("mosquitto did not start") from None
-            time.sleep(0.05)
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -203,7 +190,7 @@ def setup_fleet(work: Path, total: int) -> dict[str, Any]:
     """Key home, ``total`` enrolled devices, the fleet broker (TLS + passwords + ACLs)."""
     import subprocess
 
-    from cloud.broker import find_mosquitto, write_broker_config
+    from cloud.broker import find_mosquitto, wait_listening, write_broker_config
     from cloud.keys import KeyHome
     from tests.helpers.mosquitto import free_port
 
@@ -218,7 +205,7 @@ def setup_fleet(work: Path, total: int) -> dict[str, Any]:
     files = write_broker_config(home, work / "broker", port=port)
     log = (work / "mosquitto.log").open("wb")  # keep its connection notices off the console
     proc = subprocess.Popen([str(find_mosquitto()), "-c", str(files.conf)], stderr=log)
-    _wait_port(port)
+    wait_listening(port, proc=proc)
     return {"home": home, "port": port, "proc": proc, "ids": ids, "enroll_s": enroll_s}
 
 

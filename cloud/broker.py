@@ -23,7 +23,9 @@ import os
 import pwd
 import shutil
 import signal
+import socket
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +41,7 @@ __all__ = [
     "render_conf",
     "render_passwd",
     "start_broker",
+    "wait_listening",
     "write_broker_config",
     "write_credentials",
 ]
@@ -205,3 +208,28 @@ def start_broker(files: BrokerFiles, *, verbose: bool = False) -> subprocess.Pop
     proc = subprocess.Popen(args)
     files.pid.write_text(f"{proc.pid}\n")
     return proc
+
+
+def wait_listening(
+    port: int,
+    *,
+    host: str = "127.0.0.1",
+    timeout: float = 10.0,
+    proc: subprocess.Popen[bytes] | None = None,
+) -> None:
+    """Block until something accepts TCP connections on ``host:port``.
+
+    Raises:
+        ConfigError: ``proc`` (the broker) exited, or nothing listened within ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=0.2).close()
+            return
+        except OSError:
+            if proc is not None and proc.poll() is not None:
+                raise ConfigError(f"mosquitto exited with status {proc.returncode}") from None
+            if time.monotonic() > deadline:
+                raise ConfigError(f"nothing listens on {host}:{port} after {timeout}s") from None
+            time.sleep(0.05)

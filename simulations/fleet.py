@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from cloud.broker import wait_listening
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -111,7 +113,7 @@ class Fleet:
                 start_new_session=True,
             )
         )
-        _wait_port(self.broker_port, 20)
+        wait_listening(self.broker_port, timeout=20, proc=self.processes[-1])
 
     def start_agents(self) -> None:
         """One ``fedge edge run`` process per device, each with its own bundle and state."""
@@ -180,15 +182,6 @@ class Fleet:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
         self.processes.clear()
-
-
-def _wait_port(port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
 def health(dev: DemoDevice, timeout: float = 30) -> dict[str, Any]:

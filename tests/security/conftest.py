@@ -7,7 +7,6 @@ every ACL test (keeps the suite fast on shared CPUs).
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import threading
 import time
@@ -19,8 +18,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud.broker import BrokerFiles, start_broker, write_broker_config
+from cloud.broker import BrokerFiles, start_broker, wait_listening, write_broker_config
 from cloud.keys import COORDINATOR_USER, KeyHome
+from shared.errors import ConfigError
 from tests.helpers.mosquitto import free_port
 
 
@@ -151,16 +151,11 @@ def fleet_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetBrok
     port = free_port()
     files = write_broker_config(home, base / "broker", port=port)
     proc = start_broker(files)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError("mosquitto did not start") from None
-            time.sleep(0.05)
+    try:
+        wait_listening(port, proc=proc)
+    except ConfigError:
+        proc.kill()
+        raise
     yield FleetBroker(home, files, port, proc)
     proc.terminate()
     try:

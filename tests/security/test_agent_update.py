@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud.broker import start_broker, write_broker_config
+from cloud.broker import start_broker, wait_listening, write_broker_config
 from cloud.commands import send_command
 from cloud.keys import COORDINATOR_USER, KeyHome
 from cloud.publisher import Outcome, Publisher, PublishReport, select_devices
@@ -40,7 +40,6 @@ from shared.protocol.messages import DeviceState, StatusMessage, UpdateOutcome
 from tests.helpers.models import BuiltModels, build_models
 from tests.helpers.mosquitto import free_port
 from tests.security.conftest import Client, FleetBroker, connect
-from tests.security.test_delivery_e2e import _wait_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DEVICE = "dev-a"
@@ -150,7 +149,7 @@ def world(tmp_path: Path, models: BuiltModels) -> Iterator[World]:
     port = free_port()
     files = write_broker_config(home, tmp_path / "broker", port=port)
     proc = start_broker(files)
-    _wait_port(port)
+    wait_listening(port, proc=proc)
     (tmp_path / "profile.toml").write_text(PROFILE)
     registry = Registry(f"sqlite:///{tmp_path / 'reg.db'}", tmp_path / "store")
     by_version: dict[int, Path] = {}

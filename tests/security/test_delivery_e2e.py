@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cloud.broker import start_broker, write_broker_config
+from cloud.broker import start_broker, wait_listening, write_broker_config
 from cloud.keys import COORDINATOR_USER, KeyHome
 from cloud.publisher import Outcome, Publisher, PublishReport, select_devices
 from cloud.registry import ArtifactStatus, Registry, VersionSource
@@ -50,18 +50,6 @@ DEVICES = ("dev-a", "dev-b", "dev-c")
 def models(tmp_path_factory: pytest.TempPathFactory) -> BuiltModels:
     cached = os.environ.get("FEDGE_TEST_MODELS_DIR")
     return build_models(Path(cached) if cached else tmp_path_factory.mktemp("tflite"))
-
-
-def _wait_port(port: int) -> None:
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError("mosquitto did not start") from None
-            time.sleep(0.05)
 
 
 @dataclass
@@ -111,7 +99,7 @@ class World:
         self.broker.proc.terminate()  # SIGTERM: mosquitto saves its persistence file
         self.broker.proc.wait(10)
         self.broker.proc = start_broker(self.broker.files)
-        _wait_port(self.broker.port)
+        wait_listening(self.broker.port, proc=self.broker.proc)
 
     def wait_report(self, device_id: str, outcome: UpdateOutcome, timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout
@@ -129,7 +117,7 @@ def world(tmp_path: Path, models: BuiltModels) -> Iterator[World]:
     port = free_port()
     files = write_broker_config(home, tmp_path / "broker", port=port)
     proc = start_broker(files)
-    _wait_port(port)
+    wait_listening(port, proc=proc)
     # The layout `fedge` uses under FEDGE_HOME=tmp_path, so the CLI can be run on it too.
     registry = Registry(f"sqlite:///{tmp_path / 'registry.db'}", tmp_path / "artifacts")
     for path, status in (
