@@ -420,6 +420,7 @@ class Agent:
             uptime_s=time.monotonic() - self._started,
             outbox_pending=len(self.outbox),
             messages_rejected=self._rejected,
+            supernode_restarts=self.supernode.restarts if self.supernode is not None else None,
         )
         topic = topics.device_telemetry(self.config.device_id)
         self._store(_Send(topic, telemetry, False, True))

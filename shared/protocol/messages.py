@@ -156,6 +156,8 @@ class TelemetryMessage(_Envelope):
         uptime_s: Seconds since the agent started.
         outbox_pending: Messages waiting in the durable outbox.
         messages_rejected: Malformed or unexpected MQTT messages dropped since start.
+        supernode_restarts: Times the device's Flower SuperNode was restarted since the
+            agent started (None on a device that does not train).
     """
 
     kind: Literal[MessageKind.TELEMETRY] = MessageKind.TELEMETRY
@@ -171,6 +173,7 @@ class TelemetryMessage(_Envelope):
     uptime_s: Seconds
     outbox_pending: Count = 0
     messages_rejected: Count = 0
+    supernode_restarts: Count | None = None
 
 
 Message = Annotated[StatusMessage | TelemetryMessage, Field(discriminator="kind")]

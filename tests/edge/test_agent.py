@@ -283,3 +283,63 @@ def test_run_refuses_a_superlink_for_a_profile_that_does_not_train(tmp_path: Pat
     )
     assert result.exit_code == 2
     assert "'thermostat-sensor' does not train" in result.output
+
+
+def test_telemetry_counts_supernode_restarts(
+    broker: MosquittoBroker, recorder: Recorder, profile: DeviceProfile, tmp_path: Path
+) -> None:
+    """A SuperNode that dies is restarted by the agent, and the fleet sees it in telemetry."""
+    import numpy as np
+
+    from edge.learning.supernode import SuperNodeConfig
+
+    data = tmp_path / "train.npz"
+    np.savez(data, x=np.zeros((4, 64), np.float32), y=np.zeros(4, np.int64))
+    supernode = SuperNodeConfig(  # nothing listens there: it keeps retrying, i.e. stays up
+        superlink=f"127.0.0.1:{free_port()}",
+        data_path=data,
+        insecure=True,
+        runtime_port=free_port(),
+        flwr_home=tmp_path / "flwr",
+        backoff_initial=0.2,
+    )
+    config = AgentConfig(
+        device_id="dev-sn",
+        broker_url=broker.url,
+        profile=profile,
+        state_dir=tmp_path / "state",
+        supernode=supernode,
+    )
+    agent = Agent(config)
+    runner = threading.Thread(target=agent.run)
+    runner.start()
+    try:
+        recorder.wait_for(lambda m: any(t.supernode_restarts == 0 for t in _telemetry(m)))
+        assert agent.supernode is not None
+        first = agent.supernode.pid
+        assert first is not None
+        os.killpg(first, signal.SIGKILL)
+        recorder.wait_for(
+            lambda m: any(t.supernode_restarts == 1 for t in _telemetry(m)), timeout=30
+        )
+    finally:
+        agent.request_stop()
+        runner.join(30)
+    assert not runner.is_alive()
+
+
+def test_telemetry_of_a_device_without_supernode_says_none(
+    broker: MosquittoBroker, recorder: Recorder, profile: DeviceProfile, tmp_path: Path
+) -> None:
+    config = AgentConfig(
+        device_id="dev-plain", broker_url=broker.url, profile=profile, state_dir=tmp_path / "s"
+    )
+    agent = Agent(config)
+    runner = threading.Thread(target=agent.run)
+    runner.start()
+    try:
+        msgs = recorder.wait_for(lambda m: bool(_telemetry(m)))
+        assert all(t.supernode_restarts is None for t in _telemetry(msgs))
+    finally:
+        agent.request_stop()
+        runner.join(30)
