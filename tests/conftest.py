@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.models import BuiltModels, build_models
+
 POSTGRES_URL = os.environ.get(
     "FEDGE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
@@ -84,3 +86,14 @@ def quantized_digits(trained_digits):  # type: ignore[no-untyped-def]
     reg, version = trained_digits
     report = quantize_version(reg, version.ref, max_drop=1.0)
     return reg, reg.get_version(version.ref), report
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory: pytest.TempPathFactory) -> BuiltModels:
+    """Real float and int8 CNNs (two versions) plus a model of another shape.
+
+    Set FEDGE_TEST_MODELS_DIR to reuse a directory across runs (conversion takes ~15 s).
+    """
+    cached = os.environ.get("FEDGE_TEST_MODELS_DIR")
+    out = Path(cached) if cached else tmp_path_factory.mktemp("tflite")
+    return build_models(out)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from shared.profiles import DeviceProfile
-from tests.helpers.models import BuiltModels, build_models
 from tests.helpers.mosquitto import MosquittoBroker
 
 TEST_PROFILE_TOML = """
@@ -25,17 +23,6 @@ precisions = ["int8", "float32"]
 telemetry_interval_s = {interval}
 groups = ["test-group"]
 """
-
-
-@pytest.fixture(scope="session")
-def models(tmp_path_factory: pytest.TempPathFactory) -> BuiltModels:
-    """Real float and int8 CNNs (two versions) plus a model of another shape.
-
-    Set FEDGE_TEST_MODELS_DIR to reuse a directory across runs (conversion takes ~15 s).
-    """
-    cached = os.environ.get("FEDGE_TEST_MODELS_DIR")
-    out = Path(cached) if cached else tmp_path_factory.mktemp("tflite")
-    return build_models(out)
 
 
 @pytest.fixture()

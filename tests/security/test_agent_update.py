@@ -37,7 +37,7 @@ from shared.protocol import topics
 from shared.protocol.codec import decode_message
 from shared.protocol.delivery import CommandAction
 from shared.protocol.messages import DeviceState, StatusMessage, UpdateOutcome
-from tests.helpers.models import BuiltModels, build_models
+from tests.helpers.models import BuiltModels
 from tests.helpers.mosquitto import free_port
 from tests.security.conftest import Client, FleetBroker, connect
 
@@ -58,12 +58,6 @@ precisions = ["int8"]
 telemetry_interval_s = 5.0
 groups = []
 """
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> BuiltModels:
-    cached = os.environ.get("FEDGE_TEST_MODELS_DIR")
-    return build_models(Path(cached) if cached else tmp_path_factory.mktemp("tflite"))
 
 
 @dataclass
