@@ -19,11 +19,17 @@ Guarantee, stated precisely:
 
 Single-threaded by design: the agent's main loop owns the outbox; MQTT callbacks only
 queue PUBACK events for it.
+
+**Private on disk.** Payloads are device status and telemetry, so the database and its
+``-wal``/``-shm``/``-journal`` companions are owner-only (``0600``) like the rest of the
+device state, and directories the outbox creates are ``0700``. Looser modes left by an
+older version are tightened every time the outbox opens.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -34,6 +40,12 @@ from shared.errors import OutboxError
 __all__ = ["Outbox", "OutboxMessage"]
 
 logger = logging.getLogger(__name__)
+
+_FILE_MODE = 0o600
+_DIR_MODE = 0o700
+# SQLite's side files: WAL mode uses -wal and -shm, a rollback journal (used while a fresh
+# database switches to WAL, or by an older build) is -journal.
+_COMPANIONS = ("-wal", "-shm", "-journal")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -79,7 +91,9 @@ class Outbox:
         self.path = Path(path)
         self._max = max_messages
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _make_private_dirs(self.path.parent)
+            _create_private(self.path)
+            self._tighten()
             # One user at a time by design (the agent loop), but it may be built on one
             # thread and run on another, hence check_same_thread=False.
             self._db = sqlite3.connect(
@@ -89,8 +103,24 @@ class Outbox:
             # FULL: a committed message survives a power cut too, not only a process kill.
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            # SQLite gives new side files the database's mode, but ones left by an earlier
+            # run (or created before the main file was tightened) keep theirs.
+            self._tighten()
         except (sqlite3.Error, OSError) as exc:
             raise OutboxError(f"cannot open outbox {self.path}: {exc}") from exc
+
+    def _tighten(self) -> None:
+        """Make the database and any side files that exist owner-only (0600)."""
+        for name in (self.path, *(Path(f"{self.path}{suffix}") for suffix in _COMPANIONS)):
+            try:
+                if (os.stat(name).st_mode & 0o777) != _FILE_MODE:
+                    os.chmod(name, _FILE_MODE)
+            except FileNotFoundError:
+                continue  # side files come and go with checkpoints and transactions
+            except PermissionError:
+                # Owned by another user: not ours to change, and refusing to open would
+                # stop the device from reporting at all. Say so once per open.
+                logger.warning("cannot restrict permissions of %s (not its owner)", name)
 
     def close(self) -> None:
         """Close the database."""
@@ -209,6 +239,34 @@ class Outbox:
         """A lifetime counter: ``delivered`` or ``dropped``."""
         row = self._db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
         return int(row[0]) if row else 0
+
+
+def _make_private_dirs(directory: Path) -> None:
+    """Create ``directory`` and any missing parents as 0700; existing ones are left alone."""
+    missing: list[Path] = []
+    current = directory
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir(mode=_DIR_MODE)
+        except FileExistsError:
+            continue  # created concurrently: someone else's, keep its mode
+        os.chmod(path, _DIR_MODE)  # mkdir's mode is filtered by the umask
+
+
+def _create_private(path: Path) -> None:
+    """Create an empty ``path`` as 0600 if it does not exist (SQLite accepts an empty file).
+
+    Creating it here rather than letting SQLite do it avoids a window in which the
+    database exists with the umask's (usually world-readable) mode.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
+    except FileExistsError:
+        return
+    os.close(fd)
 
 
 class _Transaction:

@@ -1,7 +1,11 @@
-"""The SQLite outbox on its own: order, idempotent enqueue, capacity, durability."""
+"""The SQLite outbox on its own: order, idempotent enqueue, capacity, durability, file modes."""
 
 from __future__ import annotations
 
+import os
+import sqlite3
+import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -59,3 +63,68 @@ def test_write_failure_is_an_outbox_error(tmp_path: Path) -> None:
     box.close()
     with pytest.raises(OutboxError):
         box.enqueue("t", b"x", msg_id="closed-01")
+
+
+@pytest.fixture()
+def loose_umask() -> Iterator[None]:
+    """A typical 022 umask, so a file created without an explicit mode would be 0644."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _side(path: Path, suffix: str) -> Path:
+    return Path(f"{path}{suffix}")
+
+
+@pytest.mark.usefixtures("loose_umask")
+def test_database_and_wal_files_are_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    with Outbox(path) as box:
+        for i in range(3):
+            box.enqueue("t", b"secret telemetry", msg_id=f"perm-000{i}")
+        box.ack(box.pending()[0].row_id)
+        # WAL mode: the side files exist while the outbox is open and has written.
+        for p in (path, _side(path, "-wal"), _side(path, "-shm")):
+            assert _mode(p) == 0o600, p
+
+
+@pytest.mark.usefixtures("loose_umask")
+def test_created_directories_are_owner_only(tmp_path: Path) -> None:
+    before = _mode(tmp_path)
+    with Outbox(tmp_path / "state" / "edge" / "o.db") as box:
+        box.enqueue("t", b"x", msg_id="perm-dir01")
+    assert _mode(tmp_path / "state") == 0o700
+    assert _mode(tmp_path / "state" / "edge") == 0o700
+    assert _mode(tmp_path) == before  # an existing directory is not the outbox's to change
+
+
+@pytest.mark.usefixtures("loose_umask")
+def test_existing_world_readable_files_are_tightened_at_open(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    # An outbox written by an older version: 0644 database, and a second connection that
+    # keeps the WAL side files alive so they are there, also 0644, when the outbox opens.
+    with Outbox(path) as box:
+        box.enqueue("t", b"old", msg_id="perm-old01")
+    other = sqlite3.connect(path)
+    try:
+        other.execute("PRAGMA journal_mode=WAL")
+        other.execute("INSERT INTO counters(name, value) VALUES ('x', 1)")
+        other.commit()
+        stale_journal = _side(path, "-journal")
+        stale_journal.write_bytes(b"")  # an empty journal is not hot: SQLite ignores it
+        files = [path, _side(path, "-wal"), _side(path, "-shm"), stale_journal]
+        for p in files:
+            os.chmod(p, 0o644)
+        with Outbox(path) as box:
+            assert [m.msg_id for m in box.pending()] == ["perm-old01"]
+            for p in files:
+                assert _mode(p) == 0o600, p
+    finally:
+        other.close()

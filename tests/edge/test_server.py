@@ -130,6 +130,10 @@ def test_npy_inference_and_npy_response(server: InferenceServer) -> None:
         (b'{"x": 1}', "application/json", 400, "bad_json"),
         (b'{"inputs": [1.5], "dtype": "int8"}', "application/json", 422, "wrong_dtype"),
         (b'{"inputs": [1], "dtype": "float64"}', "application/json", 422, "wrong_dtype"),
+        (b'{"inputs": [1], "dtype": ["int8"]}', "application/json", 422, "wrong_dtype"),
+        (b'{"inputs": [1], "dtype": {"int8": 1}}', "application/json", 422, "wrong_dtype"),
+        (b'{"inputs": [true, 1.5]}', "application/json", 400, "bad_inputs"),
+        (b'{"inputs": [1e39]}', "application/json", 422, "not_finite"),
         (b'{"inputs": [[1, 2], [3, 4]]}', "application/json", 422, "wrong_shape"),
         (b"[" * 100_00 + b"]" * 100_00, "application/json", 400, "bad_json"),
         (b"\x93NUMPY garbage", "application/x-npy", 400, "bad_npy"),
@@ -194,6 +198,44 @@ def test_keep_alive_connection_serves_many_requests(server: InferenceServer) -> 
     conn.close()
 
 
+@pytest.mark.parametrize(
+    "npy_array",
+    [np.asfortranarray(_x()), _x().astype(">f4"), np.zeros(INPUT_SHAPE, ">i1")],
+    ids=["fortran-order", "big-endian-float32", "big-endian-int8"],
+)
+def test_valid_npy_variants_are_served(server: InferenceServer, npy_array: np.ndarray) -> None:
+    status, _, body = _request(
+        server,
+        "POST",
+        "/v1/infer",
+        _npy(npy_array),
+        {"Content-Type": "application/x-npy", "Accept": "application/x-npy"},
+    )
+    assert status == 200
+    out = np.load(io.BytesIO(body), allow_pickle=False)
+    reference = server._predictor.predict(
+        np.ascontiguousarray(npy_array).astype(npy_array.dtype.newbyteorder("="))
+    )
+    np.testing.assert_array_equal(out, reference)
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        {"max_connections": 0},
+        {"max_body_bytes": 0},
+        {"request_timeout": 0},
+        {"request_timeout": -1.0},
+        {"request_timeout": float("inf")},
+        {"request_timeout": float("nan")},
+    ],
+    ids=["no-connections", "no-body", "zero-timeout", "negative-timeout", "inf", "nan"],
+)
+def test_server_refuses_unusable_limits(limits: dict[str, float]) -> None:
+    with pytest.raises(ConfigError):
+        InferenceServer(Predictor(), **limits)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.10", "example.com"])
 def test_server_refuses_non_loopback_hosts(host: str) -> None:
     with pytest.raises(ConfigError):
@@ -251,3 +293,37 @@ def test_fuzz_body_decoders_raise_only_http_errors(data: bytes) -> None:
             assert 400 <= exc.status < 500
         else:
             assert isinstance(arr, np.ndarray)
+
+
+_JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    inputs=_JSON_VALUES,
+    dtype=st.one_of(st.none(), st.sampled_from(["float32", "int8", "uint8"]), _JSON_VALUES),
+    with_dtype=st.booleans(),
+)
+def test_fuzz_json_documents_of_any_shape_raise_only_4xx(
+    inputs: object, dtype: object, with_dtype: bool
+) -> None:
+    """Any JSON value in any field: a numeric array or a 4xx, never another exception."""
+    doc: dict[str, object] = {"inputs": inputs}
+    if with_dtype:
+        doc["dtype"] = dtype
+    try:
+        arr = _array_from_json(json.dumps(doc).encode())
+    except _HttpError as exc:
+        assert 400 <= exc.status < 500
+    else:
+        assert arr.dtype in (np.float32, np.int8, np.uint8) and arr.size > 0
