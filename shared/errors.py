@@ -9,7 +9,9 @@ Tree::
 
     FedgeError
     ├── ConfigError                 bad settings, bad profile, bad CLI arguments
-    │   └── ProfileError            a device profile fails validation
+    │   ├── ProfileError            a device profile fails validation
+    │   └── InvalidIdentifierError  an id outside the identifier grammar (shared.identifiers)
+    │       └── ReservedNameError   a valid id reserved for a system account (enrollment)
     ├── ProtocolError               a wire message that is malformed, unknown or too large
     ├── OutboxError                 the durable outbox cannot store or read a message
     ├── DatasetError                a data file or data set that cannot be used
@@ -30,7 +32,8 @@ Tree::
         │   ├── UnknownKeyError     no certificate at all for the signing key id
         │   └── RevokedKeyError     the key is on the root-signed revocation list
         ├── ExpiredMetadataError    signed metadata past its expiry (freeze attack)
-        │   └── ExpiredManifestError  a manifest past its expiry
+        │   ├── ExpiredManifestError  a manifest past its expiry
+        │   └── DownloadExpiredError  a download past its deadline (stalled download, D2)
         ├── WrongHardwareError      manifest not built for this hardware id
         ├── WrongRecipientError     content key/command addressed to another device
         ├── RollbackAttackError     version below the persisted floor
@@ -38,7 +41,8 @@ Tree::
         ├── HashMismatchError       chunk or artifact sha256 differs from the signed one
         ├── LengthMismatchError     artifact truncated or oversized (endless data)
         └── MalformedArtifactError  signed payload that cannot be decoded
-            └── DeltaBaseError      the delta base is not the artifact this device holds
+            ├── DeltaBaseError      the delta base is not the artifact this device holds
+            └── NonCanonicalPayloadError  signed payload bytes are not canonical JSON
 """
 
 from __future__ import annotations
@@ -50,15 +54,18 @@ __all__ = [
     "CryptoError",
     "DatasetError",
     "DeltaBaseError",
+    "DownloadExpiredError",
     "ExpiredManifestError",
     "ExpiredMetadataError",
     "FedgeError",
     "HashMismatchError",
     "InferenceError",
+    "InvalidIdentifierError",
     "LengthMismatchError",
     "MalformedArtifactError",
     "ModelLoadError",
     "ModelSpecError",
+    "NonCanonicalPayloadError",
     "NotDeployableError",
     "NotFoundError",
     "OutboxError",
@@ -68,6 +75,7 @@ __all__ = [
     "RegistryError",
     "ReplayAttackError",
     "RequestError",
+    "ReservedNameError",
     "RevokedKeyError",
     "RollbackAttackError",
     "SecurityError",
@@ -295,3 +303,40 @@ class DeltaBaseError(MalformedArtifactError):
     """A delta whose base is not the artifact this device holds; ask for the full artifact."""
 
     code = "delta_base_mismatch"
+
+
+class NonCanonicalPayloadError(MalformedArtifactError):
+    """Signed payload bytes that are not exactly the canonical JSON the spec defines.
+
+    Raised by :func:`shared.artifacts.canonical.parse_canonical` for invalid UTF-8, non-ASCII
+    bytes, duplicate keys, floats, NaN/Infinity, out-of-range integers, lone surrogates,
+    or bytes that differ from their canonical re-serialization (unsorted keys, whitespace,
+    non-minimal escapes): a parser on another platform could read such bytes differently.
+    """
+
+    code = "non_canonical_payload"
+
+
+class DownloadExpiredError(ExpiredMetadataError):
+    """A download past its deadline (rule D2): dropped, and its manifest not restarted.
+
+    The deadline is the manifest's own ``expires`` or the device's local download timeout,
+    whichever comes first; a stalled download must not block later updates for ever.
+    """
+
+    code = "download_expired"
+
+
+class InvalidIdentifierError(ConfigError):
+    """An identifier (device, group, model, rollout, artifact, hardware id) outside the one
+    grammar of :mod:`shared.identifiers`: non-ASCII, a trailing newline, ``/``, ``+``,
+    ``#``, a control character, empty or too long."""
+
+    code = "invalid_identifier"
+
+
+class ReservedNameError(InvalidIdentifierError):
+    """A valid identifier that is reserved (the coordinator's or monitor's broker account,
+    any ``fedge-`` name, ``all``...): a device enrolled under it would take that account over."""
+
+    code = "reserved_name"

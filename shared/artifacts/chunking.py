@@ -39,7 +39,7 @@ CHUNK_MAGIC = b"FDC1"
 _HEADER = struct.Struct(">4s16sII")
 CHUNK_HEADER_BYTES = _HEADER.size
 MAX_CHUNK_MESSAGE_BYTES = CHUNK_HEADER_BYTES + MAX_CHUNK_SIZE + OVERHEAD
-_AID = re.compile(r"^[0-9a-f]{32}$")
+_AID = re.compile(r"[0-9a-f]{32}", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -93,4 +93,4 @@ def sealed_chunk_from_bytes(data: bytes) -> SealedChunk:
 
 def is_artifact_id(text: str) -> bool:
     """Whether ``text`` is a well-formed artifact id (32 lowercase hex digits)."""
-    return _AID.match(text) is not None
+    return isinstance(text, str) and _AID.fullmatch(text) is not None

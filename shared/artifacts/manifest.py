@@ -12,11 +12,17 @@ from __future__ import annotations
 import base64
 import binascii
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from shared.artifacts.canonical import canonical_json
+from shared.artifacts.canonical import (
+    JSON_ARRAY,
+    SpecVersion,
+    canonical_json,
+    json_enum,
+    parse_signed_model,
+)
 from shared.errors import ProtocolError
 from shared.precision import Precision
 
@@ -111,22 +117,25 @@ class Manifest(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    spec_version: Literal[1] = 1
+    spec_version: SpecVersion = 1
     model_id: Identifier
     version: int = Field(ge=1, le=2**53)
     artifact_id: ArtifactId
     rollout_id: Identifier
     issued_at: int = Field(ge=0)
     expires: int = Field(ge=0)
-    precision: Precision
-    hardware_ids: tuple[Identifier, ...] = Field(min_length=1, max_length=64)
+    # J2: enums and tuples arrive as JSON strings and arrays (see shared.artifacts.canonical).
+    precision: Annotated[Precision, json_enum(Precision)]
+    hardware_ids: Annotated[tuple[Identifier, ...], JSON_ARRAY] = Field(min_length=1, max_length=64)
     length: int = Field(ge=1, le=MAX_ARTIFACT_BYTES)
     sha256: Hex256
-    encoding: Encoding
+    encoding: Annotated[Encoding, json_enum(Encoding)]
     encoded_length: int = Field(ge=1, le=MAX_CHUNKS * MAX_CHUNK_SIZE)
     chunk_size: int = Field(ge=1, le=MAX_CHUNK_SIZE)
     chunk_count: int = Field(ge=1, le=MAX_CHUNKS)
-    chunk_sha256: tuple[Hex256, ...] = Field(min_length=1, max_length=MAX_CHUNKS)
+    chunk_sha256: Annotated[tuple[Hex256, ...], JSON_ARRAY] = Field(
+        min_length=1, max_length=MAX_CHUNKS
+    )
     delta_base: DeltaBase | None = None
     content_keys: dict[Identifier, str] = Field(min_length=1)
 
@@ -168,8 +177,10 @@ def manifest_to_bytes(manifest: Manifest) -> bytes:
 
 
 def manifest_from_bytes(data: bytes) -> Manifest:
-    """Parse manifest bytes; raises :class:`ProtocolError` for anything invalid."""
-    try:
-        return Manifest.model_validate_json(data, strict=False)
-    except (ValidationError, ValueError) as exc:
-        raise ProtocolError("malformed manifest") from exc
+    """Parse verified manifest bytes: canonical JSON (J1), then the strict schema (J2).
+
+    Raises:
+        NonCanonicalPayloadError: the bytes are not exactly canonical JSON (J1).
+        ProtocolError: the value is not a valid manifest, strictly typed (J2, M1-M3).
+    """
+    return parse_signed_model(Manifest, data, what="manifest")

@@ -21,11 +21,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Literal, TypeVar
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from shared.artifacts.canonical import canonical_json, pae
+from shared.artifacts.canonical import (
+    JSON_ARRAY,
+    SpecVersion,
+    canonical_json,
+    json_enum,
+    pae,
+    parse_signed_model,
+)
 from shared.artifacts.manifest import Hex256, b64decode, b64encode
 from shared.crypto import SigningKey, VerifyKey
 from shared.errors import (
@@ -91,8 +98,8 @@ class KeyCertificate(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    spec_version: Literal[1] = 1
-    role: Role
+    spec_version: SpecVersion = 1
+    role: Annotated[Role, json_enum(Role)]  # J2: a JSON string on the wire
     key_id: Hex256
     public_key: str  # base64 of the raw 32-byte Ed25519 key
     issued_at: int = Field(ge=0)
@@ -111,10 +118,12 @@ class RevocationList(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    spec_version: Literal[1] = 1
+    spec_version: SpecVersion = 1
     version: int = Field(ge=1)
     issued_at: int = Field(ge=0)
-    revoked_key_ids: tuple[Hex256, ...] = Field(default=(), max_length=1000)
+    revoked_key_ids: Annotated[tuple[Hex256, ...], JSON_ARRAY] = Field(  # J2: a JSON array
+        default=(), max_length=1000
+    )
 
 
 def sign_envelope(
@@ -173,16 +182,6 @@ def open_envelope(envelope: Envelope, key: VerifyKey, payload_type: str) -> byte
     return payload
 
 
-_M = TypeVar("_M", bound=BaseModel)
-
-
-def _parse(model: type[_M], data: bytes) -> _M:
-    try:
-        return model.model_validate_json(data)
-    except (ValidationError, ValueError) as exc:
-        raise ProtocolError(f"malformed {model.__name__}") from exc
-
-
 @dataclass(frozen=True)
 class TrustStore:
     """What a device trusts: the pinned root key and the newest revocation list it has seen.
@@ -199,9 +198,11 @@ class TrustStore:
 
         Raises:
             BadSignatureError, UntrustedKeyError, ProtocolError: not a root-signed list.
+            NonCanonicalPayloadError: root-signed, but not canonical JSON (rule J1).
             RollbackAttackError: older than the list already held (rule T5).
         """
-        new = _parse(RevocationList, open_envelope(envelope, self.root, REVOCATIONS_TYPE))
+        payload = open_envelope(envelope, self.root, REVOCATIONS_TYPE)  # signature first
+        new = parse_signed_model(RevocationList, payload, what="revocation list")  # J1, J2
         if self.revocations is not None:
             if new.version < self.revocations.version:
                 raise RollbackAttackError("older revocation list")
@@ -234,7 +235,10 @@ def _find_certificate(envelope: Envelope, trust: TrustStore) -> tuple[Envelope, 
     for cert_env in candidates:
         if cert_env.payload_type != CERTIFICATE_TYPE:
             continue
-        cert = _parse(KeyCertificate, cert_env.payload_bytes())
+        # T2 needs the key id before T4 can check the root signature, so a certificate is
+        # parsed before it is verified: with the same strict J1/J2 parser, over the same
+        # exact bytes that T4 then verifies (a non-canonical one is refused right here).
+        cert = parse_signed_model(KeyCertificate, cert_env.payload_bytes(), what="certificate")
         if cert.key_id == envelope.keyid:
             return cert_env, cert
     raise UnknownKeyError("no certificate for the signing key")
@@ -253,6 +257,10 @@ def verify_signed(
     - T4 the certificate is signed by the pinned root, is for ``role`` and is valid at
       ``now`` (``UntrustedKeyError``);
     - T5 the key is not on the root-signed revocation list (``RevokedKeyError``).
+
+    A certificate that is not canonical JSON is refused at T2 (``NonCanonicalPayloadError``,
+    rule J1). The returned payload is verified but not parsed: callers parse it with
+    :func:`~shared.artifacts.canonical.parse_signed_model` (J1, J2).
     """
     if envelope.payload_type != payload_type:  # T1
         raise ProtocolError("unexpected payload type")

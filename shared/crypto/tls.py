@@ -1,6 +1,9 @@
 """X.509 material for the broker's TLS: a project CA, server and client certificates.
 
 Pure: every function takes ``now`` and returns PEM bytes; ``cloud.keys`` writes the files.
+The broker takes a client's identity from its certificate's CN (``use_identity_as_username``),
+so a CN is always checked against the identifier grammar, and revocation of a client
+certificate is a CRL (:func:`make_crl`) the broker loads with ``crlfile``.
 Keys are ECDSA P-256 because every TLS stack (Mosquitto's OpenSSL, MCU TLS libraries such
 as mbedTLS) supports it, unlike Ed25519 certificates.
 """
@@ -17,8 +20,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from shared.errors import CryptoError
+from shared.identifiers import IdentifierKind, check_identifier
 
-__all__ = ["TlsIdentity", "issue_client_cert", "issue_server_cert", "make_ca"]
+__all__ = [
+    "TlsIdentity",
+    "cert_common_name",
+    "cert_serial",
+    "issue_client_cert",
+    "issue_server_cert",
+    "make_ca",
+    "make_crl",
+]
 
 
 @dataclass(frozen=True, repr=False)
@@ -130,5 +142,61 @@ def issue_server_cert(
 def issue_client_cert(
     ca: TlsIdentity, common_name: str, *, now: datetime, days: int = 825
 ) -> TlsIdentity:
-    """Issue a client certificate whose CN is the MQTT user (device id or coordinator)."""
+    """Issue a client certificate whose CN is the MQTT user (device id or system account).
+
+    The broker uses the CN as the MQTT username and client id, so it must be a valid
+    identifier (an embedded NUL or newline would make it a different name to OpenSSL,
+    Mosquitto and the ACL file).
+
+    Raises:
+        InvalidIdentifierError: ``common_name`` outside the identifier grammar.
+    """
+    check_identifier(common_name, IdentifierKind.DEVICE)
     return _leaf(ca, common_name, now=now, days=days, usage=ExtendedKeyUsageOID.CLIENT_AUTH, san=[])
+
+
+def _load_cert(cert_pem: bytes) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(cert_pem)
+    except ValueError as exc:
+        raise CryptoError("invalid certificate") from exc
+
+
+def cert_serial(cert_pem: bytes) -> int:
+    """The serial number of a PEM certificate (what a CRL lists)."""
+    return int(_load_cert(cert_pem).serial_number)
+
+
+def cert_common_name(cert_pem: bytes) -> str:
+    """The subject CN of a PEM certificate (the broker's username for its holder)."""
+    attrs = _load_cert(cert_pem).subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(attrs) != 1:
+        raise CryptoError("certificate has no single common name")
+    return str(attrs[0].value)
+
+
+def make_crl(
+    ca: TlsIdentity, revoked_serials: list[int], *, now: datetime, days: int = 3650
+) -> bytes:
+    """A CA-signed CRL (PEM) listing ``revoked_serials``; may be empty.
+
+    ``next_update`` is far ahead on purpose: OpenSSL refuses *every* client once the CRL
+    it checks against is past ``next_update``, so a CRL that lapsed would lock the whole
+    fleet out. The CRL is regenerated at every broker reconfiguration anyway.
+    """
+    ca_cert, ca_key = _load_ca(ca)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now - timedelta(minutes=5))
+        .next_update(now + timedelta(days=days))
+    )
+    for serial in sorted(set(revoked_serials)):
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(serial)
+            .revocation_date(now - timedelta(minutes=5))
+            .build()
+        )
+    crl = builder.sign(ca_key, hashes.SHA256())
+    return crl.public_bytes(serialization.Encoding.PEM)

@@ -8,8 +8,8 @@ bytes on the largest messages. Every decoder is bounded and raises only
 
 Commands are signed by the coordinator key (root-certified for the ``coordinator`` role)
 and verified by :func:`verify_command` in this order: signature → trusted, unrevoked key
-→ expiry → addressed to this device or one of its groups → sequence above the last
-accepted one (replay).
+→ strict canonical parse of the signed bytes (J1, J2) → expiry → addressed to this device
+or one of its groups → sequence above the last accepted one (replay).
 """
 
 from __future__ import annotations
@@ -20,7 +20,12 @@ from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-from shared.artifacts.canonical import canonical_json
+from shared.artifacts.canonical import (
+    SpecVersion,
+    canonical_json,
+    json_enum,
+    parse_signed_model,
+)
 from shared.artifacts.chunking import (
     SealedChunk,
     sealed_chunk_from_bytes,
@@ -134,8 +139,8 @@ class Command(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    spec_version: Literal[1] = 1
-    action: CommandAction
+    spec_version: SpecVersion = 1
+    action: Annotated[CommandAction, json_enum(CommandAction)]  # J2: a JSON string on the wire
     device_id: Identifier | None = None
     group: Identifier | None = None
     seq: int = Field(ge=1, le=2**63 - 1)
@@ -212,6 +217,8 @@ def verify_command(
 
     Raises:
         UnknownKeyError, BadSignatureError, UntrustedKeyError, RevokedKeyError: K1-K3.
+        NonCanonicalPayloadError: the signed payload is not canonical JSON (J1).
+        ProtocolError: the payload is not a valid command, strictly typed (J2).
         ExpiredMetadataError: K4, past ``expires``.
         WrongRecipientError: K5, addressed to another device or a group not joined.
         ReplayAttackError: K6, ``seq`` not above ``last_seq``.
@@ -219,10 +226,7 @@ def verify_command(
     payload, _ = verify_signed(  # K1-K3
         envelope, trust, payload_type=COMMAND_TYPE, role=Role.COORDINATOR, now=now
     )
-    try:
-        command = Command.model_validate_json(payload)
-    except (ValidationError, ValueError) as exc:
-        raise ProtocolError("malformed command") from exc
+    command = parse_signed_model(Command, payload, what="command")  # J1, J2: after K1-K3
     if not command.issued_at <= now < command.expires:  # K4
         raise ExpiredMetadataError("command expired", code="expired_command")
     if command.device_id is not None and command.device_id != device_id:  # K5

@@ -16,7 +16,9 @@ topic on which an updater asks for missing chunks (a device may publish only to 
 
 from __future__ import annotations
 
+from shared.artifacts.manifest import MAX_CHUNKS
 from shared.errors import ProtocolError
+from shared.numbers import parse_ascii_uint
 from shared.protocol.topics import (
     ROOT,
     artifact_chunk,
@@ -56,12 +58,11 @@ def parse_chunk_topic(topic: str) -> tuple[str, int]:
     """Parse ``fedge/v1/artifacts/{artifact_id}/chunks/{index}`` into (artifact id, index).
 
     Raises:
-        ProtocolError: any other topic.
+        ProtocolError: any other topic, or an index that is not a canonical ASCII decimal
+            below ``MAX_CHUNKS`` (rule N1: ``"²"`` or ``"١"`` are refused, not crashed on).
     """
     parts = topic.split("/") if isinstance(topic, str) else []
     if len(parts) != 6 or parts[:3] != ["fedge", "v1", "artifacts"] or parts[4] != "chunks":
         raise ProtocolError("not a chunk topic")
-    index = parts[5]
-    if not index.isdigit() or len(index) > 6:
-        raise ProtocolError("invalid chunk index in topic")
-    return validate_segment(parts[3], what="artifact id"), int(index)
+    index = parse_ascii_uint(parts[5], what="chunk index in topic", max_value=MAX_CHUNKS - 1)
+    return validate_segment(parts[3], what="artifact id"), index
