@@ -1,18 +1,40 @@
-"""Mosquitto configuration for the fleet: TLS, per-device credentials, ACLs, reload.
+"""Mosquitto configuration for the fleet: TLS identities, ACLs, CRL, reload.
 
 Rules the generated configuration enforces (DESIGN §5: the broker enforces them, not
-the agent):
+the agent). Verified against Mosquitto 2.0.11 in ``tests/security``:
 
-- B1 TLS only, with the project CA; clients must present a CA-issued certificate AND a
-  valid username/password (two factors: a leaked password alone is not enough).
-- B2 anonymous clients refused.
-- B3 a device reads only ``fedge/v1/devices/{own id}/#``, ``fedge/v1/groups/{its groups}/#``
-  and ``fedge/v1/artifacts/#``; it writes only its own ``status``, ``telemetry`` and
-  ``requests``. In particular it can never publish a manifest or a command.
-- B4 the coordinator user may read and write everything under ``fedge/v1/``.
-- B5 a revoked device is absent from the password and ACL files; after a rewrite the
-  broker is sent SIGHUP, and Mosquitto disconnects clients whose credentials no longer
-  verify, so access is lost at once.
+- B1 TLS only, with the project CA, and the client certificate IS the identity:
+  ``require_certificate true`` + ``use_identity_as_username true`` make the certificate's
+  CN (device id, ``fedge-coordinator`` or ``fedge-monitor``) the MQTT username, whatever
+  username the client sends. Mosquitto then skips password (and plugin) authentication
+  entirely, so no ``password_file`` is configured: the CA-issued certificate plus its
+  private key is the credential, and one identity's certificate can never be combined
+  with another account's password (review finding 3b). Devices still send username =
+  device id and their bundle password; the broker ignores both.
+- B2 no certificate, no connection: anonymous clients are refused at the TLS handshake
+  (``allow_anonymous false`` stays as a second lock).
+- B3 sessions are bound to identities: ``use_username_as_clientid true`` replaces every
+  client id with the username (= CN), so a client can only ever open or take over its
+  *own* session (review finding 3a: device A connecting with client id ``dev-b`` gets the
+  session ``dev-a``, and dev-b is not kicked). Consequence: each identity has ONE session
+  at a time; a second connection with the same certificate takes the first one over
+  (2.0.11 closes the old socket without an MQTT 5 DISCONNECT 142). The coordinator keeps
+  one connection; observers use the read-only ``fedge-monitor`` identity.
+- B4 ACLs (anything not granted is denied): a device reads only
+  ``fedge/v1/devices/{own id}/#``, ``fedge/v1/groups/{its groups}/#`` and
+  ``fedge/v1/artifacts/#`` and writes only its own ``status``, ``telemetry`` and
+  ``requests`` (never a manifest or a command); ``fedge-coordinator`` reads and writes
+  ``fedge/v1/#``; ``fedge-monitor`` reads ``fedge/v1/#`` and writes nothing. Every id is
+  checked against :mod:`shared.identifiers` before a line is written, and reserved names
+  are refused as device records, so a hand-edited fleet.json can neither break the file
+  nor add rights to a system account.
+- B5 revocation takes effect at once: a revoked device is removed from the ACL and its
+  certificate serial is put on the CA-signed CRL (``crlfile``); then the broker gets
+  SIGHUP. Measured on 2.0.11: SIGHUP reloads the ACL (a live session of the revoked device
+  can no longer read or write anything, immediately) and the CRL for new handshakes (it
+  cannot connect again), but it does NOT re-verify the certificates of live TLS sessions,
+  so :func:`refresh_broker` first evicts the live session by taking it over with the
+  device's own certificate from the key home (clean start, session expiry 0).
 - B6 persistence on, so retained manifests and queued QoS 1 chunks survive a restart.
 """
 
@@ -24,22 +46,35 @@ import pwd
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from cloud.keyfiles import write_private, write_public
-from cloud.keys import COORDINATOR_USER, DeviceRecord, KeyHome
-from shared.errors import ConfigError
+from cloud.keys import COORDINATOR_USER, MONITOR_USER, DeviceRecord, KeyHome
+from shared.crypto.tls import make_crl
+from shared.errors import ConfigError, ReservedNameError
+from shared.identifiers import IdentifierKind, check_identifier, is_reserved
 
 __all__ = [
     "BrokerFiles",
+    "evict_session",
     "find_mosquitto",
+    "refresh_broker",
     "reload_broker",
     "render_acl",
     "render_conf",
-    "render_passwd",
+    "render_crl",
     "start_broker",
     "wait_listening",
     "write_broker_config",
@@ -63,8 +98,13 @@ class BrokerFiles:
         return self.directory / "mosquitto.conf"
 
     @property
-    def passwd(self) -> Path:
-        """password_file."""
+    def crl(self) -> Path:
+        """crlfile: CA-signed list of revoked client certificates."""
+        return self.directory / "crl.pem"
+
+    @property
+    def legacy_passwd(self) -> Path:
+        """password_file of configurations written before certificate identities."""
         return self.directory / "passwd"
 
     @property
@@ -92,22 +132,37 @@ def find_mosquitto() -> Path:
     raise ConfigError("mosquitto not found: install it with `apt-get install mosquitto`")
 
 
-def render_passwd(fleet: dict[str, DeviceRecord], coordinator_hash: str) -> str:
-    """The password_file: coordinator plus every non-revoked device (rule B5)."""
-    lines = [f"{COORDINATOR_USER}:{coordinator_hash}"]
-    lines += [f"{d.device_id}:{d.password_hash}" for d in fleet.values() if not d.revoked]
-    return "\n".join(lines) + "\n"
+def _checked_record(key: str, record: DeviceRecord) -> DeviceRecord:
+    """Refuse a record that would write a broken or privileged ACL line (rule B4)."""
+    check_identifier(record.device_id, IdentifierKind.DEVICE)
+    if key != record.device_id:
+        raise ConfigError(f"fleet entry {key!r} holds device {record.device_id!r}")
+    if is_reserved(record.device_id):
+        raise ReservedNameError(f"fleet.json lists a device named {record.device_id!r}")
+    for group in record.groups:
+        check_identifier(group, IdentifierKind.GROUP)
+    return record
 
 
 def render_acl(fleet: dict[str, DeviceRecord]) -> str:
-    """The acl_file (rules B3, B4). Anything not granted is denied."""
+    """The acl_file (rule B4). Anything not granted is denied.
+
+    Raises:
+        InvalidIdentifierError: a record's id or group is outside the grammar (e.g. a
+            fleet.json edited by hand); nothing is written then.
+        ReservedNameError: a device record named like a system account.
+    """
+    records = [_checked_record(k, v) for k, v in fleet.items()]
     out = [
         "# generated by `fedge broker config`; do not edit by hand",
         f"user {COORDINATOR_USER}",
         "topic readwrite fedge/v1/#",
         "",
+        f"user {MONITOR_USER}",
+        "topic read fedge/v1/#",
+        "",
     ]
-    for d in sorted(fleet.values(), key=lambda r: r.device_id):
+    for d in sorted(records, key=lambda r: r.device_id):
         if d.revoked:
             continue
         base = f"fedge/v1/devices/{d.device_id}"
@@ -118,8 +173,16 @@ def render_acl(fleet: dict[str, DeviceRecord]) -> str:
     return "\n".join(out)
 
 
+def render_crl(home: KeyHome, *, now: datetime | None = None) -> bytes:
+    """The crlfile: the certificate serials of every revoked device (rule B5)."""
+    for key, record in home.fleet().items():
+        _checked_record(key, record)
+    serials = list(home.revoked_serials().values())
+    return make_crl(home.ca(), serials, now=now or datetime.now(UTC))
+
+
 def render_conf(files: BrokerFiles, home: KeyHome, *, port: int, bind: str) -> str:
-    """mosquitto.conf for one TLS listener (rules B1, B2, B6)."""
+    """mosquitto.conf for one TLS listener (rules B1, B2, B3, B5, B6)."""
     tls = home.tls_dir.resolve()
     return "\n".join(
         [
@@ -129,7 +192,7 @@ def render_conf(files: BrokerFiles, home: KeyHome, *, port: int, bind: str) -> s
             # read the 0600 secrets; stay the user who owns them.
             f"user {pwd.getpwuid(os.geteuid()).pw_name}",
             "allow_anonymous false",
-            f"password_file {files.passwd.resolve()}",
+            # No password_file: use_identity_as_username skips password checks (rule B1).
             f"acl_file {files.acl.resolve()}",
             "persistence true",
             f"persistence_location {files.data.resolve()}/",
@@ -146,6 +209,9 @@ def render_conf(files: BrokerFiles, home: KeyHome, *, port: int, bind: str) -> s
             f"certfile {tls / 'broker.crt'}",
             f"keyfile {tls / 'broker.key'}",
             "require_certificate true",
+            "use_identity_as_username true",  # B1: username := certificate CN
+            "use_username_as_clientid true",  # B3: client id := username, no session theft
+            f"crlfile {files.crl.resolve()}",  # B5: revoked certificates fail the handshake
             "tls_version tlsv1.2",
             "",
         ]
@@ -153,10 +219,17 @@ def render_conf(files: BrokerFiles, home: KeyHome, *, port: int, bind: str) -> s
 
 
 def write_credentials(home: KeyHome, files: BrokerFiles) -> None:
-    """(Re)write password and ACL files from the fleet registry."""
-    coord_hash = (home.path / "coordinator" / "broker.hash").read_text().strip()
-    write_private(files.passwd, render_passwd(home.fleet(), coord_hash).encode())
-    write_private(files.acl, render_acl(home.fleet()).encode())
+    """(Re)write the ACL and the CRL from the fleet registry.
+
+    Both are rendered before either is written, so a refused record changes nothing.
+    """
+    fleet = home.fleet()
+    acl = render_acl(fleet)
+    crl = render_crl(home)
+    write_private(files.acl, acl.encode())
+    write_public(files.crl, crl)
+    # A password file from an older configuration holds hashes and is no longer read.
+    files.legacy_passwd.unlink(missing_ok=True)
 
 
 def write_broker_config(
@@ -169,6 +242,7 @@ def write_broker_config(
         raise ConfigError(f"invalid port {port}")
     files = BrokerFiles(directory)
     files.data.mkdir(parents=True, exist_ok=True)
+    home.ensure_monitor()  # key homes created before the monitor identity existed
     write_credentials(home, files)
     write_public(files.conf, render_conf(files, home, port=port, bind=bind).encode())
     return files
@@ -182,22 +256,107 @@ def _is_mosquitto(pid: int) -> bool:
     return b"mosquitto" in cmdline.split(b"\0", 1)[0]
 
 
+def _broker_pid(files: BrokerFiles) -> int | None:
+    try:
+        pid = int(files.pid.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    # Guard against a stale pid file whose pid now belongs to another process.
+    return pid if _is_mosquitto(pid) else None
+
+
 def reload_broker(files: BrokerFiles) -> bool:
-    """SIGHUP the broker started from ``files`` (if running) so it rereads passwd/acl.
+    """SIGHUP the broker started from ``files`` (if running) so it rereads ACL and CRL.
 
     Returns:
         Whether a running broker was signalled.
     """
-    try:
-        pid = int(files.pid.read_text().strip())
-    except (OSError, ValueError):
-        return False
-    # Guard against a stale pid file whose pid now belongs to another process.
-    if not _is_mosquitto(pid):
+    pid = _broker_pid(files)
+    if pid is None:
         return False
     os.kill(pid, signal.SIGHUP)
     log.info("sent SIGHUP to mosquitto pid %d", pid)
     return True
+
+
+def _listener_address(files: BrokerFiles) -> tuple[str, int]:
+    for line in files.conf.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "listener":
+            host = parts[2] if parts[2] not in ("0.0.0.0", "::") else "127.0.0.1"
+            return host, int(parts[1])
+    raise ConfigError(f"no listener in {files.conf}")
+
+
+def evict_session(home: KeyHome, files: BrokerFiles, device_id: str, timeout: float = 5.0) -> bool:
+    """Take over and discard ``device_id``'s live session on the running broker.
+
+    Why: SIGHUP in Mosquitto 2.0.11 does not re-verify the certificates of live TLS
+    sessions, so a revoked device would stay connected (without any ACL right). Only the
+    device's own identity can take its session over (rule B3); the key home still holds
+    its certificate. Call it after the new CRL is written but before the SIGHUP that loads
+    it, while the certificate still passes the handshake.
+
+    Returns:
+        Whether the broker accepted the takeover (False: no bundle, or no broker).
+    """
+    bundle = home.device_dir(device_id)
+    cert, key = bundle / "client.crt", bundle / "client.key"
+    if not (cert.exists() and key.exists()):
+        log.warning("cannot evict %s: its bundle certificate is not in the key home", device_id)
+        return False
+    host, port = _listener_address(files)
+    accepted: list[bool] = []
+    done = threading.Event()
+
+    def on_connect(_c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        accepted.append(not reason.is_failure)
+        done.set()
+
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=device_id,
+        protocol=mqtt.MQTTv5,
+        reconnect_on_failure=False,
+    )
+    client.tls_set(
+        ca_certs=str(home.tls_dir / "ca.crt"),
+        certfile=str(cert),
+        keyfile=str(key),
+        cert_reqs=ssl.CERT_REQUIRED,
+    )
+    client.on_connect = on_connect
+    # Clean start + expiry 0: the revoked device's stored session (queued messages) goes too.
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = 0
+    try:
+        client.connect(host, port, clean_start=True, properties=props)
+    except (OSError, ssl.SSLError) as exc:
+        log.warning("cannot evict %s: %s", device_id, exc)
+        return False
+    client.loop_start()
+    try:
+        done.wait(timeout)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    ok = bool(accepted and accepted[0])
+    log.info("evicted the session of %s: %s", device_id, ok)
+    return ok
+
+
+def refresh_broker(
+    home: KeyHome, files: BrokerFiles, *, evict: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Rewrite ACL and CRL, evict the live sessions of ``evict``, then SIGHUP (rule B5).
+
+    Returns:
+        ``broker_reloaded`` (a running broker was signalled) and ``evicted`` (ids).
+    """
+    write_credentials(home, files)
+    running = _broker_pid(files) is not None
+    evicted = [d for d in evict if running and evict_session(home, files, d)]
+    return {"broker_reloaded": reload_broker(files), "evicted": evicted}
 
 
 def start_broker(files: BrokerFiles, *, verbose: bool = False) -> subprocess.Popen[bytes]:

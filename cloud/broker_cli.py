@@ -1,4 +1,8 @@
-"""``fedge broker …``: write the fleet's Mosquitto configuration and run it."""
+"""``fedge broker …``: write the fleet's Mosquitto configuration and run it.
+
+The broker identifies clients by their TLS certificate (``cloud.broker`` rules B1-B6):
+the generated files are ``mosquitto.conf``, the ACL and the CRL; there is no password file.
+"""
 
 from __future__ import annotations
 
@@ -30,15 +34,14 @@ class _BrokerDir:
 
         return BrokerFiles(self.path)
 
-    def refresh(self, home: Any) -> dict[str, Any]:
-        """Rewrite passwd/acl (if a config exists) and SIGHUP a running broker."""
-        from cloud.broker import reload_broker, write_credentials
+    def refresh(self, home: Any, *, evict: tuple[str, ...] = ()) -> dict[str, Any]:
+        """Rewrite ACL/CRL (if a config exists), evict ``evict``'s sessions, SIGHUP."""
+        from cloud.broker import refresh_broker
 
         files = self.files()
         if not files.conf.exists():
-            return {"broker_config": None, "broker_reloaded": False}
-        write_credentials(home, files)
-        return {"broker_config": str(files.conf), "broker_reloaded": reload_broker(files)}
+            return {"broker_config": None, "broker_reloaded": False, "evicted": []}
+        return {"broker_config": str(files.conf), **refresh_broker(home, files, evict=evict)}
 
 
 def broker_files() -> _BrokerDir:
@@ -50,7 +53,7 @@ def broker_files() -> _BrokerDir:
 
 @broker_app.command("config")
 def config(port: Port = 8883, bind: Bind = "127.0.0.1", as_json: JsonFlag = False) -> None:
-    """Write mosquitto.conf, the password file and the ACL file for the enrolled fleet."""
+    """Write mosquitto.conf, the ACL file and the CRL for the enrolled fleet."""
     from cloud.broker import write_broker_config
 
     with cli_errors():
@@ -58,7 +61,7 @@ def config(port: Port = 8883, bind: Bind = "127.0.0.1", as_json: JsonFlag = Fals
         emit(
             {
                 "conf": str(files.conf),
-                "passwd": str(files.passwd),
+                "crl": str(files.crl),
                 "acl": str(files.acl),
                 "port": port,
             },
@@ -93,6 +96,6 @@ def run(
 
 @broker_app.command("reload")
 def reload(as_json: JsonFlag = False) -> None:
-    """Rewrite passwd/ACL from the fleet registry and SIGHUP the running broker."""
+    """Rewrite ACL and CRL from the fleet registry and SIGHUP the running broker."""
     with cli_errors():
         emit(broker_files().refresh(key_home()), as_json)

@@ -8,12 +8,20 @@ Layout under ``$FEDGE_HOME/keys`` (private files 0600)::
     release/<kid16>.cert     root-signed certificate of each release key
     coordinator/signing.key  + signing.cert   signs commands (role ``coordinator``)
     coordinator/box.key      + box.pub         X25519: devices seal updates to it
-    coordinator/broker.*     MQTT password and TLS client certificate of the coordinator
+    coordinator/broker.*     TLS client certificate (CN fedge-coordinator) of the coordinator
+    monitor/broker.{crt,key} TLS client certificate of the read-only monitor (CN fedge-monitor)
     revocations.json         newest root-signed revocation list
     tls/ca.{crt,key}         project CA; tls/broker.{crt,key} broker server certificate
-    fleet.json               enrolled devices: public keys, groups, broker password hashes
+    fleet.json               enrolled devices: public keys, groups, TLS cert serials
     devices/<id>/            enrollment bundle to copy onto the device (edge.keystore)
 
+The broker identifies every client by its certificate's CN (see ``cloud.broker`` rules
+B1-B6): the CA-issued certificate and its private key are the broker credential. The
+``broker.password`` files are still written (bundles and ``edge.keystore`` expect them and
+a device still sends username = device id with it), but the broker does not check them.
+
+Every id is checked against the one grammar of :mod:`shared.identifiers`; enrollment also
+refuses reserved names (``fedge-coordinator``, ``fedge-monitor``, any ``fedge-`` name...).
 Nothing here logs key material; summaries return key ids and paths only.
 """
 
@@ -22,7 +30,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
-import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -32,7 +39,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from cloud.keyfiles import read_json, write_json, write_private, write_public
-from shared.artifacts.manifest import ID_PATTERN, b64encode
+from shared.artifacts.manifest import b64encode
 from shared.artifacts.trust import (
     Envelope,
     RevocationList,
@@ -43,14 +50,30 @@ from shared.artifacts.trust import (
 )
 from shared.crypto import PrivateKey, SigningKey, VerifyKey
 from shared.crypto.nodeauth import make_node_auth_key
-from shared.crypto.tls import TlsIdentity, issue_client_cert, issue_server_cert, make_ca
+from shared.crypto.tls import (
+    TlsIdentity,
+    cert_serial,
+    issue_client_cert,
+    issue_server_cert,
+    make_ca,
+)
 from shared.errors import ConfigError, NotFoundError
+from shared.identifiers import (
+    COORDINATOR_ACCOUNT,
+    MONITOR_ACCOUNT,
+    IdentifierKind,
+    check_identifier,
+    check_new_name,
+)
 
-__all__ = ["COORDINATOR_USER", "DeviceRecord", "KeyHome", "hash_password"]
+__all__ = ["COORDINATOR_USER", "MONITOR_USER", "DeviceRecord", "KeyHome", "hash_password"]
 
 log = logging.getLogger(__name__)
 
-COORDINATOR_USER = "fedge-coordinator"
+#: The coordinator's broker identity: CN of its client certificate = MQTT username = client id.
+COORDINATOR_USER = COORDINATOR_ACCOUNT
+#: The read-only observer identity (may subscribe to ``fedge/v1/#``, publishes nothing).
+MONITOR_USER = MONITOR_ACCOUNT
 DEFAULT_HOSTS = ("127.0.0.1", "localhost")
 
 
@@ -75,22 +98,20 @@ class DeviceRecord(BaseModel):
     groups: list[str]
     box_public: str  # base64 raw X25519 public key: content keys are sealed to it
     signing_public: str  # base64 raw Ed25519 public key
-    password_hash: str
+    password_hash: str  # kept for old bundles; the broker identifies clients by certificate
     enrolled_at: int
     revoked: bool = False
     # OpenSSH P-384 public key the SuperLink admits (``flwr supernode register``); empty
     # for devices enrolled before Deployment-Engine federation existed.
     supernode_public: str = ""
+    # Serial (lowercase hex) of the device's TLS client certificate: what the broker's CRL
+    # lists once the device is revoked. Empty for devices enrolled before it was recorded
+    # (the serial is then read from the bundle's client.crt).
+    tls_serial: str = ""
 
 
 def _epoch(now: datetime) -> int:
     return int(now.timestamp())
-
-
-def _check_id(value: str, what: str) -> str:
-    if not re.match(ID_PATTERN, value):
-        raise ConfigError(f"invalid {what} {value!r}: use [A-Za-z0-9_.-], at most 64 chars")
-    return value
 
 
 @dataclass(frozen=True)
@@ -125,9 +146,19 @@ class KeyHome:
         """Newest root-signed revocation list."""
         return self.path / "revocations.json"
 
+    @property
+    def monitor_dir(self) -> Path:
+        """TLS client certificate and key of the read-only monitor identity."""
+        return self.path / "monitor"
+
     def device_dir(self, device_id: str) -> Path:
-        """Enrollment bundle of ``device_id``."""
-        return self.path / "devices" / _check_id(device_id, "device id")
+        """Enrollment bundle of ``device_id``.
+
+        Raises:
+            InvalidIdentifierError: ``device_id`` outside the grammar (never a path like
+                ``../x`` or a name with a newline).
+        """
+        return self.path / "devices" / check_identifier(device_id, IdentifierKind.DEVICE)
 
     def exists(self) -> bool:
         """Whether ``init`` has run."""
@@ -271,6 +302,7 @@ class KeyHome:
         write_private(cdir / "broker.password", password.encode())
         write_json(cdir / "broker.json", {"username": COORDINATOR_USER})
         write_private(cdir / "broker.hash", hash_password(password).encode())
+        self._issue_monitor(ca, now)
         log.info("initialised key home %s (release key %s)", self.path, release_kid[:16])
         return {
             "key_home": str(self.path),
@@ -280,6 +312,44 @@ class KeyHome:
             "ca": str(self.tls_dir / "ca.crt"),
             "broker_hosts": list(hosts),
         }
+
+    def _issue_monitor(self, ca: TlsIdentity, now: datetime) -> None:
+        monitor = issue_client_cert(ca, MONITOR_USER, now=now)
+        write_public(self.monitor_dir / "broker.crt", monitor.cert_pem)
+        write_private(self.monitor_dir / "broker.key", monitor.key_pem)
+
+    def ensure_monitor(self, *, now: datetime | None = None) -> bool:
+        """Issue the monitor's certificate if this key home predates it.
+
+        Returns:
+            Whether a certificate was issued now.
+        """
+        self._require()
+        if (self.monitor_dir / "broker.crt").exists():
+            return False
+        self._issue_monitor(self.ca(), now or datetime.now(UTC))
+        log.info("issued the %s certificate", MONITOR_USER)
+        return True
+
+    def revoked_serials(self) -> dict[str, int]:
+        """TLS certificate serials of revoked devices, by device id (for the broker CRL).
+
+        A revoked device whose serial is neither recorded nor readable from its bundle is
+        left out (with a warning): the ACL still grants it nothing.
+        """
+        out: dict[str, int] = {}
+        for device_id, record in self.fleet().items():
+            if not record.revoked:
+                continue
+            if record.tls_serial:
+                out[device_id] = int(record.tls_serial, 16)
+                continue
+            cert = self.device_dir(device_id) / "client.crt"
+            if cert.exists():
+                out[device_id] = cert_serial(cert.read_bytes())
+            else:
+                log.warning("revoked device %s: certificate serial unknown, not in CRL", device_id)
+        return out
 
     def rotate_release(
         self,
@@ -339,12 +409,18 @@ class KeyHome:
     ) -> dict[str, Any]:
         """Create a device's keys and broker credentials and write its bundle."""
         self._require()
-        _check_id(device_id, "device id")
-        _check_id(hardware_id, "hardware id")
-        groups = sorted({_check_id(g, "group") for g in groups or []})
+        # Checked before anything is written: a refused name leaves no trace (no bundle,
+        # no fleet entry, so no ACL section either).
+        check_new_name(device_id, IdentifierKind.DEVICE)
+        check_identifier(hardware_id, IdentifierKind.HARDWARE)
+        groups = sorted({check_new_name(g, IdentifierKind.GROUP) for g in groups or []})
         fleet = self.fleet()
         if device_id in fleet:
             raise ConfigError(f"device {device_id} is already enrolled")
+        # "Dev-A" next to "dev-a" would share a bundle directory on a case-insensitive file
+        # system and is confusing in every log: one spelling per device.
+        if any(known.lower() == device_id.lower() for known in fleet):
+            raise ConfigError(f"a device id differing from {device_id} only in case is enrolled")
         now = now or datetime.now(UTC)
         signing, box = SigningKey.generate(), PrivateKey.generate()
         password = secrets.token_urlsafe(24)
@@ -382,6 +458,7 @@ class KeyHome:
             password_hash=hash_password(password),
             enrolled_at=_epoch(now),
             supernode_public=node_key.public_openssh.decode(),
+            tls_serial=format(cert_serial(client.cert_pem), "x"),
         )
         self._save_fleet(fleet)
         log.info("enrolled device %s", device_id)
@@ -389,6 +466,7 @@ class KeyHome:
 
     def revoke_device(self, device_id: str) -> dict[str, Any]:
         """Mark ``device_id`` revoked: the next broker config refuses it."""
+        check_identifier(device_id, IdentifierKind.DEVICE)
         fleet = self.fleet()
         if device_id not in fleet:
             raise NotFoundError(f"device {device_id} is not enrolled")

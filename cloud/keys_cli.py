@@ -138,7 +138,9 @@ def revoke(
 
 @keys_app.command("enroll-device")
 def enroll_device(
-    device_id: Annotated[str, typer.Argument(help="Device id ([A-Za-z0-9_.-], ≤ 64).")],
+    device_id: Annotated[
+        str, typer.Argument(help="Device id: ASCII [A-Za-z0-9._-], 1-64, not reserved.")
+    ],
     hardware_id: Annotated[str, typer.Option("--hardware-id", help="Hardware id.")],
     group: Annotated[
         list[str] | None, typer.Option("--group", help="Group membership (repeatable).")
@@ -146,7 +148,14 @@ def enroll_device(
     as_json: JsonFlag = False,
 ) -> None:
     """Create a device's key pairs and broker credentials; write its bundle directory."""
+    from shared.identifiers import IdentifierKind, check_identifier, check_new_name
+
     with cli_errors():
+        # Refused here, before the key home is touched (enroll_device checks again).
+        check_new_name(device_id, IdentifierKind.DEVICE)
+        check_identifier(hardware_id, IdentifierKind.HARDWARE)
+        for g in group or []:
+            check_new_name(g, IdentifierKind.GROUP)
         emit(
             key_home().enroll_device(device_id, hardware_id=hardware_id, groups=group or []),
             as_json,
@@ -158,11 +167,14 @@ def revoke_device(
     device_id: Annotated[str, typer.Argument(help="Enrolled device id.")],
     as_json: JsonFlag = False,
 ) -> None:
-    """Revoke a device: rewrite broker passwd/ACL and SIGHUP a running broker."""
+    """Revoke a device: drop it from the ACL, add its certificate to the CRL, cut its
+    live session and SIGHUP a running broker."""
     from cloud.broker_cli import broker_files
+    from shared.identifiers import IdentifierKind, check_identifier
 
     with cli_errors():
+        check_identifier(device_id, IdentifierKind.DEVICE)
         home = key_home()
         result = home.revoke_device(device_id)
-        result |= broker_files().refresh(home)
+        result |= broker_files().refresh(home, evict=(device_id,))
         emit(result, as_json)

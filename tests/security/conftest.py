@@ -1,8 +1,13 @@
 """A real Mosquitto started from the configuration ``fedge broker config`` generates.
 
 Uses the product code (``cloud.keys``, ``cloud.broker``) end to end: key home, device
-enrollment, TLS, password and ACL files, SIGHUP reload. Module-scoped: one broker serves
-every ACL test (keeps the suite fast on shared CPUs).
+enrollment, TLS certificate identities, ACL and CRL files, SIGHUP reload. Module-scoped:
+one broker serves every test of a module (keeps the suite fast on shared CPUs).
+
+The broker takes each client's identity from its certificate (rules B1/B3), so
+:func:`connect`'s ``cert_of`` is who the client IS; ``user``/``password`` are only what it
+sends. Each identity has one session at a time: observe with ``MONITOR_USER`` while a
+publisher holds the coordinator's session.
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from cloud.broker import BrokerFiles, start_broker, wait_listening, write_broker_config
-from cloud.keys import COORDINATOR_USER, KeyHome
+from cloud.keys import COORDINATOR_USER, MONITOR_USER, KeyHome
 from shared.errors import ConfigError
 from tests.helpers.mosquitto import free_port
 
@@ -34,15 +41,22 @@ class FleetBroker:
     proc: subprocess.Popen[bytes]
 
     def bundle(self, user: str) -> Path:
-        return (
-            self.home.path / "coordinator"
-            if user == COORDINATOR_USER
-            else (self.home.device_dir(user))
-        )
+        if user == COORDINATOR_USER:
+            return self.home.path / "coordinator"
+        if user == MONITOR_USER:
+            return self.home.monitor_dir
+        return self.home.device_dir(user)
+
+    def tls_files(self, user: str) -> tuple[Path, Path]:
+        """Client certificate and key of ``user``."""
+        prefix = "broker" if user in (COORDINATOR_USER, MONITOR_USER) else "client"
+        bundle = self.bundle(user)
+        return bundle / f"{prefix}.crt", bundle / f"{prefix}.key"
 
     def password(self, user: str) -> str:
-        name = "broker.password"
-        return (self.bundle(user) / name).read_text().strip()
+        """The bundle password of ``user`` (sent, but not checked by the broker: rule B1)."""
+        path = self.bundle(user) / "broker.password"
+        return path.read_text().strip() if path.exists() else ""
 
 
 @dataclass
@@ -59,11 +73,11 @@ class Client:
 
     def wait(self, predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
         with self.acked:
-            return self.acked.wait_for(predicate, timeout)
+            return bool(self.acked.wait_for(predicate, timeout))
 
     def subscribe(self, topic: str) -> list[int]:
         _, mid = self.client.subscribe(topic, qos=1)
-        assert self.wait(lambda: mid in self.suback)
+        assert mid is not None and self.wait(lambda: mid in self.suback)
         return self.suback[mid]
 
     def publish(self, topic: str, payload: bytes, retain: bool = False) -> int:
@@ -83,21 +97,33 @@ def connect(
     *,
     cert_of: str | None = None,
     client_id: str | None = None,
+    tls_files: tuple[Path, Path] | None = None,
+    session_expiry: int = 0,
 ) -> Client:
-    """Connect with ``user``'s credentials (or none); ``cert_of`` picks the TLS client cert."""
+    """Connect sending ``user``/``password`` (or no username); ``cert_of`` picks the TLS
+    client certificate (default: ``user``'s, else dev-a's). ``cert_of=""``: no certificate;
+    ``tls_files``: this (certificate, key) pair instead. ``session_expiry`` > 0 resumes
+    (or starts) a persistent session instead of a clean one.
+
+    The client never reconnects by itself: a client whose session was taken over stays
+    disconnected (``disconnected`` is set), so a test sees it, and it cannot fight back.
+    """
     c = mqtt.Client(
         CallbackAPIVersion.VERSION2,
         client_id=client_id or f"t-{user}-{time.time_ns()}",
         protocol=mqtt.MQTTv5,
+        reconnect_on_failure=False,
     )
     rec = Client(c)
-    bundle = broker.bundle(cert_of or user or "dev-a")
-    prefix = "broker" if (cert_of or user) == COORDINATOR_USER else "client"
-    c.tls_set(
-        ca_certs=str(broker.home.tls_dir / "ca.crt"),
-        certfile=str(bundle / f"{prefix}.crt"),
-        keyfile=str(bundle / f"{prefix}.key"),
-    )
+    if cert_of == "":
+        c.tls_set(ca_certs=str(broker.home.tls_dir / "ca.crt"))
+    else:
+        certfile, keyfile = tls_files or broker.tls_files(cert_of or user or "dev-a")
+        c.tls_set(
+            ca_certs=str(broker.home.tls_dir / "ca.crt"),
+            certfile=str(certfile),
+            keyfile=str(keyfile),
+        )
     if user is not None:
         c.username_pw_set(user, password if password is not None else broker.password(user))
 
@@ -129,7 +155,9 @@ def connect(
     c.on_connect, c.on_subscribe, c.on_publish = on_connect, on_subscribe, on_publish
     c.on_message, c.on_disconnect = on_message, on_disconnect
     try:
-        c.connect("127.0.0.1", broker.port)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = session_expiry
+        c.connect("127.0.0.1", broker.port, clean_start=session_expiry == 0, properties=props)
     except OSError:
         rec.connack = "tls-refused"
         return rec
