@@ -6,6 +6,9 @@ addressed to this device or one of its groups (K5), ``seq`` above the last accep
 (K6) — then the new ``seq`` is committed atomically to ``state.json`` **before** the
 command runs, so neither a replay nor a crash can make a device run one command twice.
 A refused command changes nothing and is reported as ``command_failed`` with its reason.
+
+K1-K3 always use the newest revocation list the device holds: one carried by a verified
+manifest applies from the moment that manifest verified, not from its commit (rule T6).
 """
 
 from __future__ import annotations
@@ -47,13 +50,17 @@ class CommandSteps(InstallSteps):
     def _request_missing(self, dl: Download) -> bool:  # pragma: no cover - host provides
         raise NotImplementedError
 
+    def _expire_overdue(self) -> bool:  # pragma: no cover - host provides
+        raise NotImplementedError
+
     def handle_command(self, payload: bytes) -> None:
         """A payload from ``devices/{id}/cmd`` or ``groups/{g}/cmd``: verify, then run it."""
+        self._expire_overdue()  # D2: report_missing must not revive an expired download
         try:
             message = decode_delivery_as(payload, CommandMessage)  # C1
             command = verify_command(  # K1-K6
                 message.envelope,
-                self._trust,
+                self._trust,  # T6: the newest revocation list verified, already in force
                 device_id=self.device_id,
                 groups=self.groups,
                 last_seq=self._state.command_seq,

@@ -7,9 +7,13 @@ owns an updater; it holds no lock.
 
 Order of the defences (each cites its rule in ``docs/protocol.md``):
 
-1. manifest: T1-T5, V1-V7 via :func:`verify_manifest`; device policy P1 (length within
-   the profile's ``max_model_bytes``) and P2 (precision accepted); content key unwrap —
-   all **before** anything is written anywhere but the download directory;
+0. housekeeping on every input and tick: a download past its deadline is dropped (D2);
+1. manifest: a newer root-signed revocation list it carries is adopted and persisted at
+   once (T6), whatever happens to the manifest next; T1-T5, V1-V7 via
+   :func:`verify_manifest`; a manifest whose download already expired is refused (D2);
+   device policy P1 (length within the profile's ``max_model_bytes``) and P2 (precision
+   accepted); content key unwrap — all **before** anything is written anywhere but the
+   download directory (and, for T6, the revocation list in ``state.json``);
 2. chunks: C1-C3 (decode), A1-A3 (assembler) before a chunk is persisted;
 3. artifact: A4-A8 (assembler) before anything is written to a slot (rule I1: only the
    inactive slot is ever written);
@@ -36,20 +40,33 @@ from edge.updater.fsutil import remove_temporaries
 from edge.updater.install import Activate, Download
 from edge.updater.install import reason_code as _code
 from edge.updater.slots import SlotStore
-from edge.updater.state import Slot, StateStore, UpdaterState
+from edge.updater.state import (
+    MAX_EXPIRED_DOWNLOADS,
+    Slot,
+    SlotRecord,
+    StateStore,
+    UpdaterState,
+)
 from shared.artifacts import (
     ArtifactAssembler,
     ChunkOutcome,
+    Manifest,
     TrustStore,
+    manifest_from_bytes,
     unwrap_content_key,
     verify_manifest,
 )
 from shared.artifacts.trust import Envelope
 from shared.crypto import PrivateKey
 from shared.errors import (
+    ConfigError,
+    DownloadExpiredError,
+    ExpiredManifestError,
     FedgeError,
     ModelLoadError,
+    ProtocolError,
     ReplayAttackError,
+    RevokedKeyError,
     RollbackAttackError,
 )
 from shared.protocol.delivery import (
@@ -67,6 +84,7 @@ __all__ = ["Activate", "UpdateReport", "Updater", "UpdaterLink"]
 logger = logging.getLogger(__name__)
 
 _MAX_BACKOFF_QUIETS = 16.0  # resend backoff cap, in quiet periods (§7)
+DEFAULT_DOWNLOAD_TIMEOUT_S = 3600.0  # D2: one broker session expiry (§10)
 _jitter = random.Random()  # spreads a fleet's resend requests; not security relevant
 
 
@@ -94,6 +112,8 @@ class UpdateReport:
         reason: The error's stable code when something was refused.
         active_version: Version serving after this outcome.
         slot: Active slot after this outcome.
+        artifact_id: The verified manifest's artifact id the outcome is about (None when
+            the manifest was refused before it verified, and for commands).
     """
 
     version: int
@@ -101,10 +121,16 @@ class UpdateReport:
     reason: str | None = None
     active_version: int | None = None
     slot: Slot | None = None
+    artifact_id: str | None = None
 
     def to_info(self) -> UpdateInfo:
         """The wire form carried in a ``StatusMessage``."""
-        return UpdateInfo(version=self.version, outcome=self.outcome, reason=self.reason)
+        return UpdateInfo(
+            version=self.version,
+            outcome=self.outcome,
+            reason=self.reason,
+            artifact_id=self.artifact_id,
+        )
 
 
 class Updater(CommandSteps):
@@ -121,8 +147,15 @@ class Updater(CommandSteps):
         link: Publish/subscribe.
         activate: Probation callback (see :data:`Activate`).
         on_status: Receives every :class:`UpdateReport`.
-        now: Wall clock, Unix seconds (expiry checks and the resend quiet period).
+        now: Wall clock, Unix seconds (expiry checks, download deadlines and the resend
+            quiet period).
         quiet_s: Seconds without a new chunk before asking for the missing ones.
+        download_timeout_s: Local limit on one download, from its start (persisted, so a
+            restart does not reset it); the manifest's ``expires`` applies too (rule D2).
+
+    Raises:
+        ConfigError: ``download_timeout_s`` is not a positive number; or (from
+            :meth:`recover`) ``state.json`` is unreadable.
     """
 
     def __init__(
@@ -141,7 +174,10 @@ class Updater(CommandSteps):
         now: Callable[[], float] = time.time,
         quiet_s: float = 2.0,
         groups: frozenset[str] = frozenset(),
+        download_timeout_s: float = DEFAULT_DOWNLOAD_TIMEOUT_S,
     ) -> None:
+        if not download_timeout_s > 0:  # also refuses NaN
+            raise ConfigError("download_timeout_s must be positive")
         self.device_id = device_id
         self.groups = frozenset(groups)
         self.hardware_id = hardware_id
@@ -154,38 +190,58 @@ class Updater(CommandSteps):
         self._on_status = on_status
         self._now = now
         self._quiet_s = quiet_s
+        self._timeout_s = float(download_timeout_s)
         self._store = StateStore(state_dir)
         self._slots = SlotStore(state_dir / "slots")
         self._downloads = DownloadStore(state_dir / "downloads")
         self._state = UpdaterState()
         self._trust = trust
         self._download: Download | None = None
+        self._judged: Manifest | None = None  # the manifest being judged, once verified
         self.recover()
 
     # --- start-up -------------------------------------------------------------------
 
     def recover(self) -> None:
-        """Return to the last committed state after any crash (rules I2, D1).
+        """Return to the last committed state after any crash (rules I2, D1, D2, T6).
 
         Drops half-written temporaries and uncommitted slot files, then resumes a
-        partial download whose manifest still verifies.
+        partial download whose manifest still verifies under the newest revocation list
+        held (T6) and whose deadline has not passed (D2: otherwise it is dropped and
+        reported as ``download_expired``, once).
         """
         loaded = self._store.load()
         state = self._slots.recover(loaded)
         if state != loaded:
             self._store.save(state)
         self._state = state
-        self._trust = self._pinned.absorb_revocations(state.revocations)
+        self._trust = self._pinned.absorb_revocations(state.revocations)  # T5: monotonic
         self._download = None
         remove_temporaries(self._downloads.root)
         for artifact_id, envelope in self._downloads.pending():
             try:
                 self._start_download(envelope, resumed=True)
+            except ExpiredManifestError:
+                self._downloads.discard(artifact_id)
+                self._expired_while_stored(artifact_id, envelope)  # D2
             except (FedgeError, OSError) as exc:
                 logger.info("dropping stored download %s: %s", artifact_id, _code(exc))
                 self._downloads.discard(artifact_id)
         if self._download is not None:
             self._download.last_progress = float("-inf")  # ask for the rest on next tick
+
+    def _expired_while_stored(self, artifact_id: str, envelope: Envelope) -> None:
+        """D2 at start-up: the stored manifest expired (V4) while the device was down.
+
+        :func:`verify_manifest` checks V4 only after V1-V3, so the payload parsed here is
+        authenticated; the version is only used for the report.
+        """
+        try:
+            m = manifest_from_bytes(envelope.payload_bytes())
+        except FedgeError:
+            return
+        if m.artifact_id == artifact_id:
+            self._forget_download(m)
 
     @property
     def state(self) -> UpdaterState:
@@ -198,6 +254,19 @@ class Updater(CommandSteps):
         if self._state.active is None or record is None:
             return None
         return self._slots.path(self._state.active), str(record.version)
+
+    def serving(self) -> tuple[SlotRecord | None, Slot | None]:
+        """What the device serves: the active slot's committed record and the slot.
+
+        The record names ``model_id``, ``version``, ``artifact_id``, ``sha256``,
+        ``length`` and ``precision`` (``artifact_id`` and ``precision`` are None for a
+        slot committed by an updater that did not record them). ``(None, None)`` before
+        the first commit; never a record without its slot or the reverse.
+        """
+        record = self._state.active_record
+        if record is None:
+            return None, None
+        return record, self._state.active
 
     @property
     def downloading(self) -> str | None:
@@ -213,15 +282,27 @@ class Updater(CommandSteps):
 
     def handle_manifest(self, payload: bytes) -> None:
         """A payload from ``devices/{id}/manifest``: verify it and start downloading."""
+        self._expire_overdue()  # D2: a stalled download no longer blocks this manifest
+        self._judged = None
         try:
             message = decode_delivery_as(payload, ManifestMessage)
             self._start_download(message.envelope, resumed=False)
         except (FedgeError, OSError) as exc:
             logger.warning("manifest refused: %s", _code(exc))
-            self._report(0, UpdateOutcome.FAILED, _code(exc))
+            # A manifest refused after it verified (P1, P2, V7, ...) is named exactly, so
+            # the coordinator can tell which release failed (docs/protocol.md §9).
+            judged = self._judged
+            version, aid = (judged.version, judged.artifact_id) if judged else (0, None)
+            self._report(version, UpdateOutcome.FAILED, _code(exc), artifact_id=aid)
 
-    def handle_chunk(self, payload: bytes) -> None:
-        """A payload from ``artifacts/{id}/chunks/{i}``: check, persist, maybe install."""
+    def handle_chunk(self, payload: bytes, *, topic: tuple[str, int] | None = None) -> None:
+        """A payload from ``artifacts/{id}/chunks/{i}``: check, persist, maybe install.
+
+        ``topic`` is the (artifact id, index) the chunk arrived on: a header that names
+        another artifact is ignored, another index refused as ``chunk_rejected`` (C4).
+        """
+        if self._expire_overdue():  # D2: too late to install it
+            return
         dl = self._download
         if dl is None:
             return
@@ -229,10 +310,17 @@ class Updater(CommandSteps):
             chunk = decode_chunk(payload)  # C1-C3
             if chunk.artifact_id != dl.manifest.artifact_id:
                 return  # another release's chunk: not ours to judge
+            if topic is not None and (chunk.artifact_id, chunk.index) != topic:  # C4
+                raise ProtocolError("chunk header does not match its topic")
             new_state, outcome = dl.assembler.add(dl.state, chunk)  # A1-A3
         except FedgeError as exc:
             logger.warning("chunk refused: %s", _code(exc))
-            self._report(dl.manifest.version, UpdateOutcome.CHUNK_REJECTED, _code(exc))
+            self._report(
+                dl.manifest.version,
+                UpdateOutcome.CHUNK_REJECTED,
+                _code(exc),
+                artifact_id=dl.manifest.artifact_id,
+            )
             return
         if outcome is ChunkOutcome.DUPLICATE:
             # Chunks of this artifact are still flowing (a resend someone else asked for
@@ -251,15 +339,17 @@ class Updater(CommandSteps):
             self._install(dl)
 
     def due_in(self) -> float | None:
-        """Seconds until :meth:`tick` may have work (a resend request); None if idle.
+        """Seconds until :meth:`tick` may have work; None if idle.
 
+        The work is a resend request or, rule D2, dropping the download at its deadline.
         Lets the owner sleep instead of polling: a fleet of idle devices (or 200 simulated
         ones on one host) should not wake ten times a second for nothing.
         """
         dl = self._download
         if dl is None:
             return None
-        return max(0.0, dl.last_progress + dl.retry_after - self._now())
+        due = min(dl.last_progress + dl.retry_after, dl.deadline)
+        return max(0.0, due - self._now())
 
     def tick(self) -> None:
         """Ask for missing chunks once the download has been quiet long enough (§7).
@@ -269,7 +359,11 @@ class Updater(CommandSteps):
         nothing at all has arrived, since the initial full send is likely still on its
         way; and doubling with jitter after each unanswered request, capped at
         ``_MAX_BACKOFF_QUIETS × quiet_s``.
+
+        A download past its deadline is dropped instead (rule D2).
         """
+        if self._expire_overdue():
+            return
         dl = self._download
         if dl is None or self._now() - dl.last_progress < dl.retry_after:
             return
@@ -318,6 +412,9 @@ class Updater(CommandSteps):
         return (m.version, m.sha256, m.model_id) == (record.version, record.sha256, record.model_id)
 
     def _start_download(self, envelope: Envelope, *, resumed: bool) -> None:
+        # T6: a list riding on the envelope is authenticated by the pinned root alone, so
+        # it is absorbed first (§3) and applies at once, whatever becomes of the manifest.
+        self._adopt_revocations(envelope.revocations)
         try:
             verified = verify_manifest(  # T1-T5, V1-V7
                 envelope,
@@ -330,10 +427,17 @@ class Updater(CommandSteps):
         except ReplayAttackError:
             if not resumed and self._is_installed(envelope):
                 record = self._state.active_record
-                self._report(record.version if record else 0, UpdateOutcome.UP_TO_DATE)
+                self._report(
+                    record.version if record else 0,
+                    UpdateOutcome.UP_TO_DATE,
+                    artifact_id=record.artifact_id if record else None,
+                )
                 return
             raise
         m = verified.manifest
+        self._judged = m
+        if m.artifact_id in self._state.expired_downloads:  # D2: never restarted
+            raise DownloadExpiredError("this artifact's download already expired")
         current = self._download
         if current is not None:
             if current.manifest.artifact_id == m.artifact_id:
@@ -353,12 +457,20 @@ class Updater(CommandSteps):
             self._abandon(current)
         self._downloads.discard_all(keep=m.artifact_id)
         assembler = ArtifactAssembler(m)
+        now = self._now()
         if resumed:
             state = self._downloads.restore(assembler)
+            stored = self._downloads.started_at(m.artifact_id)
+            # D2: a lost or damaged start time can only bring the deadline forward.
+            started = min(max(m.issued_at if stored is None else stored, m.issued_at), now)
         else:
-            self._downloads.begin(m.artifact_id, envelope)
+            started = now
+            self._downloads.begin(m.artifact_id, envelope, started_at=started)
             state = assembler.start()
-        self._download = Download(m, envelope, assembler, key, state, verified.trust, self._now())
+        deadline = min(float(m.expires), started + self._timeout_s)  # D2
+        self._download = Download(m, envelope, assembler, key, state, deadline, now)
+        if self._expire_overdue():  # D2: resumed past its deadline (restart or clock jump)
+            return
         # Nothing held yet: the coordinator's initial full send is probably still coming,
         # so wait longer before the first request (§7); with chunks, the plain quiet_s.
         self._download.retry_after = self._quiet_s if state.chunks else self._backoff(1)
@@ -370,7 +482,7 @@ class Updater(CommandSteps):
             m.chunk_count,
             len(state.chunks),
         )
-        self._report(m.version, UpdateOutcome.DOWNLOADING)
+        self._report(m.version, UpdateOutcome.DOWNLOADING, artifact_id=m.artifact_id)
         if assembler.is_complete(state):
             self._install(self._download)
 
@@ -380,9 +492,78 @@ class Updater(CommandSteps):
         if self._download is dl:
             self._download = None
 
+    # --- revocation (T6) ------------------------------------------------------------
+
+    def _adopt_revocations(self, listed: Envelope | None) -> None:
+        """T6: a newer root-signed revocation list applies at once and is persisted.
+
+        ``listed`` is used only if it is signed by the pinned root and its version is above
+        the list in use (T5: never rolled back; anything else is ignored, it can never
+        weaken trust). From here on every check uses it — commands (K1-K3), manifests, the
+        stored download's re-verification at start-up — and a download in progress whose
+        manifest was signed by a key it revokes is dropped (``revoked_key``). It is
+        switched in memory first, so it holds even if ``state.json`` cannot be written
+        (the OSError then refuses the manifest with ``storage_error``).
+
+        Raises:
+            OSError: ``state.json`` could not be replaced (rule S2).
+        """
+        if listed is None:
+            return
+        trust = self._trust.absorb_revocations(listed)
+        new, held = trust.revocations, self._trust.revocations
+        if new is None or (held is not None and new.version <= held.version):
+            return
+        self._trust = trust
+        logger.info("revocation list v%d adopted", new.version)
+        dl = self._download
+        if dl is not None and trust.is_revoked(dl.envelope.keyid):  # T6: also in progress
+            self._abandon(dl)
+            code = RevokedKeyError.code
+            logger.warning("download of v%d dropped: %s", dl.manifest.version, code)
+            self._report(
+                dl.manifest.version, UpdateOutcome.FAILED, code, artifact_id=dl.manifest.artifact_id
+            )
+        state = self._state.model_copy(update={"revocations": listed})
+        self._store.save(state)  # S2
+        self._state = state
+
+    # --- deadline (D2) --------------------------------------------------------------
+
+    def _expire_overdue(self) -> bool:
+        """D2: drop the download in progress if its deadline has passed; True if dropped."""
+        dl = self._download
+        if dl is None or self._now() < dl.deadline:
+            return False
+        self._abandon(dl)
+        self._forget_download(dl.manifest)
+        return True
+
+    def _forget_download(self, m: Manifest) -> None:
+        """D2: remember an expired artifact (persisted, S2) and report it, once."""
+        expired = tuple(a for a in self._state.expired_downloads if a != m.artifact_id)
+        state = self._state.model_copy(
+            update={"expired_downloads": (*expired, m.artifact_id)[-MAX_EXPIRED_DOWNLOADS:]}
+        )
+        try:
+            self._store.save(state)  # S2
+            self._state = state
+        except OSError as exc:  # dropped all the same; a redelivery may start it again
+            logger.error("cannot record the expired download: %s", exc.strerror)
+        code = DownloadExpiredError.code
+        logger.warning("download of v%d (%s) dropped: %s", m.version, m.artifact_id, code)
+        self._report(m.version, UpdateOutcome.FAILED, code, artifact_id=m.artifact_id)
+
     # --- status ---------------------------------------------------------------------
 
-    def _report(self, version: int, outcome: UpdateOutcome, reason: str | None = None) -> None:
+    def _report(
+        self,
+        version: int,
+        outcome: UpdateOutcome,
+        reason: str | None = None,
+        *,
+        artifact_id: str | None = None,
+    ) -> None:
         record = self._state.active_record
         report = UpdateReport(
             version=version,
@@ -390,6 +571,7 @@ class Updater(CommandSteps):
             reason=reason,
             active_version=record.version if record else None,
             slot=self._state.active,
+            artifact_id=artifact_id,
         )
         try:
             self._on_status(report)

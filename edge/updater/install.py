@@ -7,7 +7,10 @@ Rules (``docs/protocol.md`` §5, §6, §9):
 * the anti-rollback floor rises at a commit and **never** falls, not even when an
   operator's signed ``rollback`` command re-activates the previous slot (R1-R3 below):
   the floor keeps refusing *attacker* manifests for old versions, while an operator
-  rollback only switches between slots that were each committed by a signed manifest.
+  rollback only switches between slots that were each committed by a signed manifest;
+* a commit never touches the trust store: a revocation list riding on a manifest was
+  adopted and persisted when that manifest verified (rule T6), and a commit of an older
+  download must not bring back a list the device has since replaced.
 """
 
 from __future__ import annotations
@@ -45,14 +48,18 @@ class NoRollbackTargetError(FedgeError):
 
 @dataclass
 class Download:
-    """The download in progress: its verified manifest, key and assembled chunks."""
+    """The download in progress: its verified manifest, key and assembled chunks.
+
+    ``deadline`` (rule D2) is ``min(manifest.expires, started + download_timeout_s)`` in
+    local Unix seconds; the download is dropped once ``now >= deadline``.
+    """
 
     manifest: Manifest
     envelope: Envelope
     assembler: ArtifactAssembler
     key: ContentKey
     state: AssemblyState
-    trust: TrustStore
+    deadline: float  # D2: dropped at this local time
     last_progress: float  # last chunk of this artifact seen (new or duplicate) or request
     asks: int = 0  # resend requests since the last new chunk (backoff exponent, §7)
     retry_after: float = 0.0  # quiet time before the next request (set by the updater)
@@ -84,7 +91,12 @@ class InstallSteps:
         raise NotImplementedError
 
     def _report(  # pragma: no cover - host provides
-        self, version: int, outcome: UpdateOutcome, reason: str | None = None
+        self,
+        version: int,
+        outcome: UpdateOutcome,
+        reason: str | None = None,
+        *,
+        artifact_id: str | None = None,
     ) -> None:
         raise NotImplementedError
 
@@ -99,7 +111,9 @@ class InstallSteps:
         except (FedgeError, OSError) as exc:
             self._abandon(dl)
             logger.warning("artifact v%d refused: %s", m.version, reason_code(exc))
-            self._report(m.version, UpdateOutcome.FAILED, reason_code(exc))
+            self._report(
+                m.version, UpdateOutcome.FAILED, reason_code(exc), artifact_id=m.artifact_id
+            )
             return
         target = state.active.other if state.active is not None else Slot.A  # I1
         # The inactive slot's old record is void from here on: its file is being replaced.
@@ -111,16 +125,18 @@ class InstallSteps:
             self._revert(dl, target, state.model_copy(update={"slots": slots}), exc)
             return
         record = SlotRecord(
-            version=m.version, sha256=m.sha256, length=m.length, model_id=m.model_id
+            version=m.version,
+            sha256=m.sha256,
+            length=m.length,
+            model_id=m.model_id,
+            artifact_id=m.artifact_id,
+            precision=m.precision,
         )
-        committed = state.model_copy(
+        committed = state.model_copy(  # revocations stay as adopted (T6), never older
             update={
                 "active": target,
                 "slots": {**slots, target: record},
                 "floor": max(state.floor, m.version),
-                "revocations": dl.envelope.revocations
-                if dl.trust.revocations != self._trust.revocations
-                else state.revocations,
             }
         )
         try:
@@ -128,10 +144,10 @@ class InstallSteps:
         except OSError as exc:
             self._revert(dl, target, state.model_copy(update={"slots": slots}), exc)
             return
-        self._state, self._trust = committed, dl.trust
+        self._state = committed
         self._abandon(dl)
         logger.info("committed v%d in slot %s", m.version, target)
-        self._report(m.version, UpdateOutcome.COMMITTED)
+        self._report(m.version, UpdateOutcome.COMMITTED, artifact_id=m.artifact_id)
 
     def _revert(self, dl: Download, target: Slot, state: UpdaterState, exc: Exception) -> None:
         """Probation or commit failed: erase the candidate and serve the committed slot."""
@@ -146,7 +162,9 @@ class InstallSteps:
             logger.error("cleanup after a failed install: %s", err.strerror)
         self._reactivate_committed()
         self._abandon(dl)
-        self._report(dl.manifest.version, UpdateOutcome.FAILED, code)
+        self._report(
+            dl.manifest.version, UpdateOutcome.FAILED, code, artifact_id=dl.manifest.artifact_id
+        )
 
     def _reactivate_committed(self) -> None:
         active = self.active_model()

@@ -26,33 +26,20 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge.keystore import DeviceKeys, load_device_keys
+from edge.status import build_status
 from edge.updater.engine import Activate, Updater, UpdateReport
 from edge.updater.routing import dispatch
 from shared.protocol import topics
 from shared.protocol.codec import encode_message
 from shared.protocol.messages import DeviceState, StatusMessage, UpdateOutcome
 
-__all__ = ["MqttUpdaterLink", "UpdaterClient", "status_message"]
+__all__ = ["MqttUpdaterLink", "UpdaterClient"]
 
 logger = logging.getLogger(__name__)
 
 SESSION_EXPIRY_S = 3600
 _IDLE_WAKE_S = 1.0  # longest sleep of the worker between ticks
 _CONNECTED = "$connected"  # inbox marker: announce the status from the worker thread
-
-
-def status_message(device_id: str, hardware_id: str, report: UpdateReport) -> StatusMessage:
-    """The retained status announcing ``report``."""
-    downloading = report.outcome in (UpdateOutcome.DOWNLOADING, UpdateOutcome.CHUNK_REJECTED)
-    return StatusMessage(
-        device_id=device_id,
-        sent_at=time.time(),
-        state=DeviceState.UPDATING if downloading else DeviceState.ONLINE,
-        model_version=str(report.active_version) if report.active_version else None,
-        slot=report.slot.value if report.slot else None,
-        hardware_id=hardware_id,
-        update=report.to_info(),
-    )
 
 
 class MqttUpdaterLink:
@@ -104,6 +91,7 @@ class UpdaterClient:
         quiet_s: float = 1.0,
     ) -> None:
         self.keys = keys
+        self._precisions, self._max_model_bytes = tuple(precisions), max_model_bytes
         self._host, self._port = host, port
         self._inbox: queue.Queue[tuple[str, bytes] | None] = queue.Queue()
         self._stop = threading.Event()
@@ -161,8 +149,27 @@ class UpdaterClient:
     def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
         self._inbox.put((str(msg.topic), bytes(msg.payload)))
 
+    def _status(self, update: UpdateReport | None) -> StatusMessage:
+        updater: Updater | None = getattr(self, "updater", None)  # None while it recovers
+        downloading = update is not None and update.outcome in (
+            UpdateOutcome.DOWNLOADING,
+            UpdateOutcome.CHUNK_REJECTED,
+        )
+        if update is None and updater is not None:
+            downloading = updater.downloading is not None
+        return build_status(
+            device_id=self.keys.device_id,
+            hardware_id=self.keys.hardware_id,
+            state=DeviceState.UPDATING if downloading else DeviceState.ONLINE,
+            sent_at=time.time(),
+            updater_state=updater.state if updater is not None else None,
+            precisions=self._precisions,
+            max_model_bytes=self._max_model_bytes,
+            update=update.to_info() if update is not None else None,
+        )
+
     def _publish_status(self, report: UpdateReport) -> None:
-        message = status_message(self.keys.device_id, self.keys.hardware_id, report)
+        message = self._status(report)
         self.link.publish(
             topics.device_status(self.keys.device_id), encode_message(message), retain=True
         )
@@ -171,16 +178,7 @@ class UpdaterClient:
     def _announce(self) -> None:
         """Retained status after each connect: what this device serves (the coordinator
         reads it to choose a delta base, and to stop waiting for devices it has heard)."""
-        state = self.updater.state
-        record = state.active_record
-        message = StatusMessage(
-            device_id=self.keys.device_id,
-            sent_at=time.time(),
-            state=DeviceState.UPDATING if self.updater.downloading else DeviceState.ONLINE,
-            model_version=str(record.version) if record else None,
-            slot=state.active.value if state.active else None,
-            hardware_id=self.keys.hardware_id,
-        )
+        message = self._status(None)
         self.link.publish(
             topics.device_status(self.keys.device_id), encode_message(message), retain=True
         )

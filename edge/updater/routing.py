@@ -33,8 +33,8 @@ def dispatch(
         updater.handle_command(payload)  # K1-K6 inside
         return True
     try:
-        parse_chunk_topic(topic)
+        where = parse_chunk_topic(topic)
     except ProtocolError:
         return False
-    updater.handle_chunk(payload)
+    updater.handle_chunk(payload, topic=where)
     return True

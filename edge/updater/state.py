@@ -4,6 +4,9 @@
 (:func:`~edge.updater.fsutil.write_atomic`) and only after a new slot passed probation.
 Whatever a crash leaves elsewhere (a half-written slot, a finished but uncommitted slot,
 a partial download) is judged against this file on the next start.
+
+Every field added after the first release has a default, so a ``state.json`` written by an
+older version still loads (and ``exclude_none`` keeps unset fields out of the file).
 """
 
 from __future__ import annotations
@@ -17,12 +20,17 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge.updater.fsutil import write_atomic
+from shared.artifacts.manifest import ArtifactId
 from shared.artifacts.trust import Envelope
 from shared.errors import ConfigError
+from shared.precision import Precision
 
-__all__ = ["Slot", "SlotRecord", "StateStore", "UpdaterState"]
+__all__ = ["MAX_EXPIRED_DOWNLOADS", "Slot", "SlotRecord", "StateStore", "UpdaterState"]
 
 logger = logging.getLogger(__name__)
+
+#: Expired artifact ids remembered (rule D2); only the newest retained manifest matters.
+MAX_EXPIRED_DOWNLOADS = 16
 
 
 class Slot(StrEnum):
@@ -38,7 +46,14 @@ class Slot(StrEnum):
 
 
 class SlotRecord(BaseModel):
-    """What a committed slot holds; a slot file that does not match is never served."""
+    """What a committed slot holds; a slot file that does not match is never served.
+
+    Attributes:
+        version, sha256, length, model_id: Of the installed artifact (from its manifest).
+        artifact_id: The manifest's ``artifact_id``; None for a slot committed by a version
+            of the updater that did not record it.
+        precision: The manifest's ``precision``; None likewise.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -46,6 +61,8 @@ class SlotRecord(BaseModel):
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
     length: int = Field(ge=1)
     model_id: str
+    artifact_id: ArtifactId | None = None
+    precision: Precision | None = None
 
     def matches(self, data: bytes) -> bool:
         """Whether ``data`` is exactly the recorded artifact."""
@@ -60,9 +77,14 @@ class UpdaterState(BaseModel):
         slots: Records of slots holding a committed artifact (the inactive one is the
             rollback target).
         floor: Anti-rollback high-water mark: the highest version ever committed (V6).
-        revocations: The newest root-signed revocation list verified (rule T5).
+        revocations: The newest root-signed revocation list verified (rule T5), saved as
+            soon as a manifest carrying it arrives, whatever becomes of that manifest
+            (rule T6).
         command_seq: The highest command ``seq`` accepted (rule K6), saved before the
             command is carried out so a replay is refused even after a crash.
+        expired_downloads: Artifact ids of downloads dropped at their deadline (rule D2),
+            newest last, at most :data:`MAX_EXPIRED_DOWNLOADS`: their manifest (e.g. the
+            retained one, redelivered at every reconnect) is refused, not restarted.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -72,6 +94,7 @@ class UpdaterState(BaseModel):
     floor: int = Field(default=0, ge=0)
     revocations: Envelope | None = None
     command_seq: int = Field(default=0, ge=0)
+    expired_downloads: tuple[ArtifactId, ...] = Field(default=(), max_length=MAX_EXPIRED_DOWNLOADS)
 
     @property
     def active_record(self) -> SlotRecord | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import random
 import shutil
@@ -90,6 +91,7 @@ class Device:
     reports: list[UpdateReport] = field(default_factory=list)
     clock: list[float] = field(default_factory=lambda: [float(NOW)])
     max_model_bytes: int = 1_000_000
+    download_timeout_s: float = 3600.0
     updater: Any = None
 
     def restart(self) -> Updater:
@@ -106,6 +108,7 @@ class Device:
             on_status=self.reports.append,
             now=lambda: self.clock[0],
             quiet_s=2.0,
+            download_timeout_s=self.download_timeout_s,
         )
         active = self.updater.active_model()
         self.serving.current = (active[1], active[0].read_bytes()) if active else None
@@ -512,3 +515,113 @@ def test_delta_against_another_base_is_refused_and_old_model_keeps_serving(
     assert device.serving.current == ("1", V1)
     assert device.updater.state.floor == 1
     assert device.restart().active_model()[1] == "1"
+
+
+# --- what the device serves (SlotRecord.artifact_id / precision, Updater.serving) --------
+
+
+def test_serving_names_the_installed_artifact(fleet: Fleet, v1: Release, tmp_path: Path) -> None:
+    dev = Device(fleet, tmp_path / "s")
+    dev.restart()
+    assert dev.updater.serving() == (None, None)  # nothing committed yet
+    dev.deliver(v1)
+    record, slot = dev.updater.serving()
+    m = v1.manifest
+    assert slot is dev.updater.state.active and slot is not None
+    assert (record.model_id, record.version, record.artifact_id) == (
+        m.model_id,
+        m.version,
+        m.artifact_id,
+    )
+    assert (record.sha256, record.length, record.precision) == (m.sha256, m.length, m.precision)
+    assert dev.restart().serving() == (record, slot)  # persisted in state.json
+
+
+def test_serving_follows_an_update_and_a_rollback(device: Device, v1: Release, v2: Release) -> None:
+    from tests.edge.test_updater_commands import command_payload
+
+    device.deliver(v2)
+    record, slot = device.updater.serving()
+    assert (record.version, record.artifact_id) == (2, v2.manifest.artifact_id)
+    device.updater.handle_command(command_payload(device.fleet, seq=1))
+    assert device.last.outcome is UpdateOutcome.ROLLED_BACK
+    record, back = device.updater.serving()
+    assert back is slot.other and (record.version, record.artifact_id) == (
+        1,
+        v1.manifest.artifact_id,
+    )
+
+
+def test_state_json_of_an_older_version_still_loads(fleet: Fleet, tmp_path: Path) -> None:
+    """A ``state.json`` written before artifact_id/precision/expired_downloads existed."""
+    state_dir = tmp_path / "old"
+    (state_dir / "slots").mkdir(parents=True)
+    (state_dir / "slots" / "a.tflite").write_bytes(V1)
+    old = {
+        "active": "a",
+        "slots": {
+            "a": {
+                "version": 1,
+                "sha256": hashlib.sha256(V1).hexdigest(),
+                "length": len(V1),
+                "model_id": "kws",
+            }
+        },
+        "floor": 1,
+        "command_seq": 4,
+    }
+    (state_dir / "state.json").write_text(json.dumps(old))
+    dev = Device(fleet, state_dir)
+    dev.restart()
+    record, slot = dev.updater.serving()
+    assert slot is Slot.A and (record.version, record.model_id) == (1, "kws")
+    assert (record.artifact_id, record.precision) == (None, None)
+    state = dev.updater.state
+    assert (state.floor, state.command_seq, state.expired_downloads) == (1, 4, ())
+    assert dev.updater.active_model()[1] == "1" and dev.serving.current == ("1", V1)
+    # The next install records the new fields; the old record is unchanged beside it.
+    v2 = fleet.build(V2, 2, chunk_size=CHUNK)
+    dev.deliver(v2)
+    record, _ = dev.updater.serving()
+    assert (record.artifact_id, record.precision) == (v2.manifest.artifact_id, "int8")
+    assert dev.updater.state.slots[Slot.A].artifact_id is None
+
+
+class BrokenSink(list[UpdateReport]):
+    """A status callback that always fails (the agent's status publishing broke)."""
+
+    def append(self, report: UpdateReport) -> None:
+        raise RuntimeError("status sink down")
+
+
+def test_failing_status_callback_never_breaks_an_install(
+    fleet: Fleet, v1: Release, tmp_path: Path
+) -> None:
+    dev = Device(fleet, tmp_path / "s", reports=BrokenSink())
+    dev.restart()
+    dev.deliver(v1)
+    assert dev.serving.current == ("1", V1) and dev.updater.state.floor == 1
+    assert dev.updater.serving()[0].artifact_id == v1.manifest.artifact_id
+
+
+def test_a_chunk_whose_header_index_differs_from_its_topic_is_rejected(
+    fleet: Fleet, v1: Release, tmp_path: Path
+) -> None:
+    """C4: topic index vs header index — refused as chunk_rejected, the download goes on."""
+    from edge.updater.routing import dispatch
+    from shared.protocol import topics as t
+
+    dev = Device(fleet, tmp_path / "s")
+    dev.restart()
+    dev.updater.handle_manifest(manifest_payload(fleet, v1))
+    m = v1.manifest
+    assert m.chunk_count >= 2
+    wrong_topic = t.artifact_chunk(m.artifact_id, 1)  # chunk 0's bytes on chunk 1's topic
+    dispatch(dev.updater, wrong_topic, encode_chunk(v1.chunks[0]), device_id="dev-a", groups=())
+    assert (dev.last.outcome, dev.last.reason) == (UpdateOutcome.CHUNK_REJECTED, "bad_message")
+    assert 0 in dev.updater.missing()  # not stored
+    for chunk in v1.chunks:  # the genuine chunks on their own topics still complete it
+        topic = t.artifact_chunk(m.artifact_id, chunk.index)
+        dispatch(dev.updater, topic, encode_chunk(chunk), device_id="dev-a", groups=())
+    assert dev.last.outcome is UpdateOutcome.COMMITTED
+    assert dev.serving.current == ("1", V1)
