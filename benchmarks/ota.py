@@ -5,7 +5,7 @@
     enrollment bundle, own paho MQTT 5 connection with TLS client certificate + password,
     own state directory with A/B slots, LiteRT probation), spread over ``--device-hosts``
     processes (``benchmarks/ota_fleet.py`` says why), and the product's
-    :class:`~cloud.publisher.Publisher` pushing a ~1 MB real int8 ``.tflite`` through the
+    :class:`~cloud.deployment.publisher.Publisher` pushing a ~1 MB real int8 ``.tflite`` through the
     fleet's Mosquitto (the TLS + password + ACL configuration ``fedge broker config``
     writes, on loopback). Measured: seconds from the ``publish()`` call until the last
     device has *committed* (probation passed, state saved), MQTT payload bytes, and the CPU
@@ -81,7 +81,7 @@ def protocol_run(
 ) -> dict[str, Any]:
     """Start ``devices`` as UpdaterClients in device hosts, publish ``ref``, time the fleet."""
     from benchmarks.ota_fleet import FleetSpec, SimulatedFleet
-    from cloud.publisher import Outcome, Publisher, select_devices
+    from cloud.deployment.publisher import Outcome, Publisher, select_devices
 
     home, port, work = ctx["home"], ctx["port"], ctx["work"]
     spec = FleetSpec("protocol", _bundles(ctx, devices), port, work=str(work), probation=probation)
@@ -144,7 +144,7 @@ def baseline_run(
 ) -> dict[str, Any]:
     """Plain QoS 1 pub/sub of ``artifact`` in ``chunk_size`` pieces to len(devices) subscribers."""
     from benchmarks.ota_fleet import FleetSpec, SimulatedFleet
-    from cloud.coordinator_mqtt import CoordinatorLink
+    from cloud.deployment.link import CoordinatorLink
 
     home, port = ctx["home"], ctx["port"]
     topic_id = os.urandom(16).hex()

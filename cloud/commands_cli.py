@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from shared.errors import ConfigError, FedgeError
+from shared.errors import FedgeError
 from shared.protocol.delivery import CommandAction
 
 __all__ = ["command_cmd", "register", "rollback_cmd"]
@@ -31,21 +31,20 @@ def _run(
     to_version: int | None = None,
     artifact_id: str | None = None,
 ) -> None:
-    from cloud.commands import send_command
     from cloud.config import Settings
+    from cloud.deployment.commands import send_command
+    from cloud.deployment.link import parse_broker
     from cloud.keys import KeyHome
 
     try:
-        host, _, port = broker.rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError(f"--broker must be host:port, got {broker!r}")
+        host, port = parse_broker(broker)
         home = KeyHome(Settings().home / "keys")
         result = send_command(
             home,
             action,
             device,
             host=host,
-            port=int(port),
+            port=port,
             to_version=to_version,
             artifact_id=artifact_id,
             timeout_s=timeout,

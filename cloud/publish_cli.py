@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from shared.errors import ConfigError, FedgeError
+from shared.errors import FedgeError
 
 if TYPE_CHECKING:
-    from cloud.publish_report import PublishReport
+    from cloud.deployment.report import PublishReport
 
 __all__ = ["publish_cmd", "register"]
 
@@ -43,19 +43,18 @@ def publish_cmd(
 ) -> None:
     """Send an approved (never a rejected) artifact to devices and report per-device outcome."""
     from cloud.config import Settings
+    from cloud.deployment.link import parse_broker
+    from cloud.deployment.publisher import Outcome, Publisher, select_devices
     from cloud.keys import KeyHome
-    from cloud.publisher import Outcome, Publisher, select_devices
     from cloud.registry import Registry
 
     try:
-        host, _, port = broker.rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError(f"--broker must be host:port, got {broker!r}")
+        host, port = parse_broker(broker)
         settings = Settings()
         home = KeyHome(settings.home / "keys")
         targets = select_devices(home, _split(devices), group)
         registry = Registry.from_settings(settings)
-        publisher = Publisher(registry, home, host=host, port=int(port))
+        publisher = Publisher(registry, home, host=host, port=port)
         try:
             with _progress(len(targets), enabled=not json_out) as on_progress:
                 report = publisher.publish(
@@ -89,7 +88,7 @@ def _progress(total: int, *, enabled: bool) -> Iterator[Callable[[PublishReport]
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from cloud.publisher import Outcome
+    from cloud.deployment.publisher import Outcome
 
     columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:

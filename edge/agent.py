@@ -41,6 +41,7 @@ from edge.inference import InferenceServer, Predictor
 from edge.keystore import DeviceKeys
 from edge.messaging import EventKind, LinkEvent, MqttLink, parse_broker_url
 from edge.outbox import Outbox
+from edge.status import build_status
 from edge.updater import Updater, UpdateReport
 from edge.updater.routing import dispatch
 from shared.errors import FedgeError
@@ -369,23 +370,20 @@ class Agent:
     ) -> None:
         info = self.predictor.active
         self._announced_version = info.version if info else None
-        status = StatusMessage(
+        profile = self.config.profile
+        status = build_status(
             device_id=self.config.device_id,
-            sent_at=self._now(),
+            hardware_id=profile.hardware_id,
             state=state,
-            model_version=self._announced_version,
-            hardware_id=self.config.profile.hardware_id,
-            last_error=error,
-            slot=self._active_slot(),
+            sent_at=self._now(),
+            updater_state=self.updater.state if self.updater is not None else None,
+            precisions=[str(p) for p in profile.precisions],
+            max_model_bytes=profile.max_model_bytes,
+            model_label=self._announced_version,
             update=update,
+            last_error=error,
         )
         self._store(_Send(topics.device_status(self.config.device_id), status, True, False))
-
-    def _active_slot(self) -> str | None:
-        if self.updater is None:
-            return None
-        active = self.updater.state.active
-        return active.value if active is not None else None
 
     def _announce_model_change(self) -> None:
         info = self.predictor.active

@@ -16,28 +16,24 @@ import fcntl
 import logging
 import queue
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from cloud.coordinator_mqtt import CoordinatorLink, Incoming
+from cloud.deployment.evidence import Attribution
+from cloud.deployment.link import CoordinatorLink, Incoming
+from cloud.deployment.publisher import select_devices
 from cloud.keyfiles import write_public
 from cloud.keys import KeyHome
-from cloud.publisher import select_devices
-from shared.errors import ConfigError, FedgeError
+from shared.errors import ConfigError
 from shared.protocol import topics
-from shared.protocol.codec import decode_message_as
 from shared.protocol.delivery import (
     Command,
     CommandAction,
     CommandMessage,
-    ResendRequest,
-    decode_delivery_as,
     encode_delivery,
     sign_command,
 )
-from shared.protocol.delivery_topics import device_requests
-from shared.protocol.messages import StatusMessage, UpdateOutcome
+from shared.protocol.messages import UpdateOutcome
 
 __all__ = ["CommandResult", "build_command", "next_seq", "send_command"]
 
@@ -130,25 +126,21 @@ def build_command(
     return command, message
 
 
-def _answer(command: Command, msg: Incoming) -> CommandResult | None:
-    """The device's answer to ``command`` in ``msg``, if it is one."""
+def _answer(command: Command, msg: Incoming, attribution: Attribution) -> CommandResult | None:
+    """The device's answer to ``command`` in ``msg``, if it is one (attributed by topic)."""
     device_id = command.device_id or ""
     base = (device_id, str(command.action), command.seq)
     if msg.retained:
         return None  # an old status from before the command
-    if msg.topic == device_requests(device_id):
-        try:
-            decode_delivery_as(msg.payload, ResendRequest)
-        except FedgeError:
-            return None
-        if command.action is CommandAction.REPORT_MISSING:
+    request = attribution.request(msg)
+    if request is not None:
+        if request.device_id == device_id and command.action is CommandAction.REPORT_MISSING:
             return CommandResult(*base, outcome="requested")
         return None
-    try:
-        status = decode_message_as(msg.payload, StatusMessage)
-    except FedgeError:
+    attributed = attribution.status(msg)
+    if attributed is None or attributed.device_id != device_id:
         return None
-    update = status.update
+    update = attributed.status.update
     if update is None or update.outcome not in (
         UpdateOutcome.ROLLED_BACK,
         UpdateOutcome.COMMAND_FAILED,
@@ -176,8 +168,9 @@ def send_command(
         ConfigError: broker unreachable or refused the coordinator.
         NotFoundError: the device is not enrolled or is revoked.
     """
-    link = CoordinatorLink(home, host=host, port=port, client_id=f"fedge-cmd-{uuid.uuid4().hex}")
-    link.connect([topics.device_status(device_id), device_requests(device_id)])
+    link = CoordinatorLink(home, host=host, port=port)
+    link.connect([topics.device_status(device_id), topics.device_requests(device_id)])
+    attribution = Attribution()
     try:
         command, message = build_command(
             home, action, device_id, to_version=to_version, artifact_id=artifact_id
@@ -191,7 +184,7 @@ def send_command(
                 msg = link.inbox.get(timeout=min(left, 0.5))
             except queue.Empty:
                 continue
-            answer = _answer(command, msg)
+            answer = _answer(command, msg, attribution)
             if answer is not None:
                 return answer
         return CommandResult(device_id, str(action), command.seq, "timeout")

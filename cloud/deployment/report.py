@@ -26,6 +26,8 @@ class DeviceResult:
     reason: str | None = None
     encoding: str | None = None
     base_version: int | None = None
+    precision: str | None = None
+    artifact_id: str | None = None
 
 
 @dataclass
@@ -37,6 +39,9 @@ class PublishReport:
     devices: dict[str, DeviceResult]
     bytes_sent: int = 0
     seconds: float = 0.0
+    # Device messages dropped during the publish, by reason (identity_mismatch, malformed,
+    # bad_topic, duplicate): each is evidence of a fault or an attack, never believed.
+    dropped: dict[str, int] = field(default_factory=dict)
     # Seconds from the start of the publish at which each phase ended (first occurrence):
     # discovered, built, manifests_sent, chunks_sent; tells an operator where time went.
     phases: dict[str, float] = field(default_factory=dict)
@@ -54,5 +59,6 @@ class PublishReport:
             "bytes_sent": self.bytes_sent,
             "seconds": round(self.seconds, 3),
             "phases": dict(self.phases),
+            "dropped_messages": dict(self.dropped),
             "devices": {d: vars(r) | {"outcome": str(r.outcome)} for d, r in self.devices.items()},
         }

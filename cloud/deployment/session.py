@@ -1,12 +1,22 @@
 """One publish in flight: send manifests and chunks, answer resend requests, collect outcomes.
 
-Chunks are published once per release (QoS 1) when every device has subscribed (it
-reported ``downloading``) or a grace period has passed; ``ResendRequest`` messages are then
-answered until every device reports ``committed`` or ``failed``, or the timeout passes.
-Requests are coalesced (``docs/protocol.md`` §7): a chunk goes out at most once per resend
-window, a window scaled to the fleet's expected full-delivery time, because a republished
-chunk reaches every subscriber of the shared chunk topic. A device that reports
-``delta_base_mismatch`` gets the full artifact once.
+Given signed :class:`~cloud.deployment.release.Plan` s, a transport and a clock (so it runs
+in unit tests on an in-memory broker and in production on MQTT). Chunks are published once
+per release (QoS 1) when every device has subscribed (it reported ``downloading`` for this
+artifact) or a grace period has passed; ``ResendRequest`` messages are then answered until
+every device has an outcome, or the timeout passes. Requests are coalesced
+(``docs/protocol.md`` §7): a chunk goes out at most once per resend window, scaled to the
+fleet's expected full-delivery time, because a republished chunk reaches every subscriber.
+
+Outcomes (§9, rules O1-O3), from statuses attributed by their topic
+(:mod:`cloud.deployment.evidence`):
+
+* O1 committed — the status says the device serves the target artifact (model id, version,
+  sha256), live or retained: that is the commit, nothing else is;
+* O2 failed — a *live* status whose ``update`` is a failure for this plan's artifact id (or,
+  for a manifest refused before it verified, version 0 or the target version with no
+  artifact id). A retained ``update`` may predate this publish and decides nothing;
+* O3 a device that reports ``delta_base_mismatch`` gets the full artifact, once.
 """
 
 from __future__ import annotations
@@ -15,29 +25,16 @@ import logging
 import queue
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from cloud.coordinator_mqtt import CoordinatorLink, Incoming
-from cloud.publish_report import Outcome, PublishReport
-from shared.artifacts import Release, sign_manifest
-from shared.errors import FedgeError
+from cloud.deployment.evidence import Attribution, DeviceRequest, DeviceStatus
+from cloud.deployment.link import CoordinatorTransport
+from cloud.deployment.release import Plan
+from cloud.deployment.report import Outcome, PublishReport
 from shared.protocol import topics
-from shared.protocol.codec import decode_message_as
-from shared.protocol.delivery import (
-    ManifestMessage,
-    ResendRequest,
-    decode_delivery_as,
-    encode_chunk,
-    encode_delivery,
-)
-from shared.protocol.delivery_topics import artifact_chunk, device_requests
-from shared.protocol.messages import StatusMessage, UpdateOutcome
+from shared.protocol.delivery import encode_chunk
+from shared.protocol.messages import UpdateOutcome
 
-if TYPE_CHECKING:
-    from cloud.publisher import Publisher
-
-__all__ = ["Plan", "Rollout", "resend_window", "status_of"]
+__all__ = ["PublishSession", "resend_window"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,19 +44,6 @@ _RESEND_WINDOW_MAX_S = 10.0  # longest resend window
 # for Mosquitto with TLS on one host); sets the resend window for a fleet (§7).
 _FANOUT_BYTES_PER_S = 100e6
 _SUBSCRIBE_GRACE_S = 2.0
-
-
-@dataclass
-class Plan:
-    """One release and the devices it goes to."""
-
-    release: Release
-    devices: list[str]
-    base_version: int | None
-    waiting: set[str] = field(default_factory=set)  # not yet subscribed to the chunks
-    chunks_sent: bool = False
-    due: float = 0.0  # when to send the chunks even if some devices have not subscribed
-    pending: set[int] = field(default_factory=set)  # asked for, not yet republished
 
 
 def resend_window(devices: int, artifact_bytes: int) -> float:
@@ -73,37 +57,35 @@ def resend_window(devices: int, artifact_bytes: int) -> float:
     return min(max(_RESEND_COOLDOWN_S, expected), _RESEND_WINDOW_MAX_S)
 
 
-def status_of(msg: Incoming) -> StatusMessage | None:
-    """The status in ``msg``, or None when it is not a (valid) status message."""
-    if not msg.topic.endswith("/status"):
-        return None
-    try:
-        return decode_message_as(msg.payload, StatusMessage)
-    except FedgeError:
-        return None
+class PublishSession:
+    """One publish in flight.
 
-
-_DONE = frozenset({UpdateOutcome.COMMITTED, UpdateOutcome.UP_TO_DATE})
-
-
-class Rollout:
-    """One publish in flight: sends, answers resend requests, collects outcomes."""
+    Args:
+        transport: The coordinator's broker connection.
+        plans: Signed plans; every device of every plan must be in ``report``.
+        report: Where outcomes go (devices already decided are left alone).
+        attribution: Parses and attributes device messages (shared with discovery so
+            its drop counters cover the whole publish).
+        full_plan: Builds the full-artifact plan for one device (O3).
+        on_progress: Called with the report whenever an outcome changes.
+        clock: Monotonic seconds.
+    """
 
     def __init__(
         self,
-        pub: Publisher,
-        link: CoordinatorLink,
+        transport: CoordinatorTransport,
         plans: list[Plan],
         report: PublishReport,
-        target: tuple[str, int, str],
-        data: bytes,
-        preexisting: set[str] | frozenset[str] = frozenset(),
+        *,
+        attribution: Attribution,
+        full_plan: Callable[[str], Plan],
         on_progress: Callable[[PublishReport], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.pub, self.link, self.report, self.data = pub, link, report, data
+        self.transport, self.report, self.attribution = transport, report, attribution
+        self._full_plan = full_plan
         self.on_progress = on_progress
-        self.preexisting = set(preexisting)
-        self.model, self.version, self.precision = target
+        self._clock = clock
         self.plans: dict[str, Plan] = {}
         self.by_device: dict[str, Plan] = {}
         self.recent: dict[tuple[str, int], float] = {}  # last send of each chunk
@@ -113,21 +95,16 @@ class Rollout:
 
     def _send_plan(self, plan: Plan) -> None:
         m = plan.release.manifest
-        self.plans[m.artifact_id] = plan
-        release_key, cert = self.pub.home.release_signer()
-        revocations = self.pub.home.revocations()
+        self.plans[plan.artifact_id] = plan
         for device_id in plan.devices:
             self.by_device[device_id] = plan
             result = self.report.devices[device_id]
             result.encoding, result.base_version = str(m.encoding), plan.base_version
-            env = sign_manifest(
-                m.for_devices([device_id]), release_key, certificate=cert, revocations=revocations
-            )
-            message = ManifestMessage(device_id=device_id, sent_at=self.pub.clock(), envelope=env)
-            payload = encode_delivery(message)
-            self.link.publish(topics.device_manifest(device_id), payload, retain=True)
+            result.precision, result.artifact_id = plan.target.precision, plan.artifact_id
+            topic, payload = plan.manifests[device_id]
+            self.transport.publish(topic, payload, retain=True)
         plan.waiting = set(plan.devices)
-        plan.due = time.monotonic() + _SUBSCRIBE_GRACE_S
+        plan.due = self._clock() + _SUBSCRIBE_GRACE_S
         self.report.mark("manifests_sent")
         logger.info("manifest v%d (%s) to %d device(s)", m.version, m.encoding, len(plan.devices))
 
@@ -137,10 +114,12 @@ class Rollout:
 
     def _send_chunks(self, plan: Plan) -> None:
         """The initial full send of ``plan``'s chunks."""
-        now = time.monotonic()
+        now = self._clock()
         for chunk in plan.release.chunks:
             self.recent[(chunk.artifact_id, chunk.index)] = now
-            self.link.publish(artifact_chunk(chunk.artifact_id, chunk.index), encode_chunk(chunk))
+            topic = topics.artifact_chunk(chunk.artifact_id, chunk.index)
+            self.transport.publish(topic, encode_chunk(chunk))
+        plan.chunks_sent = True
         self.report.mark("chunks_sent")
 
     def _flush(self, plan: Plan) -> None:
@@ -151,7 +130,7 @@ class Rollout:
         """
         if not plan.pending:
             return
-        now = time.monotonic()
+        now = self._clock()
         window = self._window(plan)
         chunks = plan.release.chunks
         for index in sorted(plan.pending):
@@ -161,93 +140,84 @@ class Rollout:
                 continue
             plan.pending.discard(index)
             self.recent[key] = now
-            self.link.publish(artifact_chunk(chunk.artifact_id, index), encode_chunk(chunk))
+            self.transport.publish(
+                topics.artifact_chunk(chunk.artifact_id, index), encode_chunk(chunk)
+            )
 
     def _open(self) -> bool:
         return any(r.outcome is Outcome.TIMEOUT for r in self.report.devices.values())
 
+    def step(self, wait_s: float = 0.05) -> None:
+        """Send what is due, then handle at most one incoming message (waiting ``wait_s``)."""
+        for plan in list(self.plans.values()):
+            # Chunks are not retained: send them once every device has subscribed, or
+            # after a grace period; stragglers ask for what they missed (§7).
+            if not plan.chunks_sent and (not plan.waiting or self._clock() >= plan.due):
+                self._send_chunks(plan)
+            self._flush(plan)
+        try:
+            msg = self.transport.inbox.get(timeout=wait_s)
+        except queue.Empty:
+            return
+        request = self.attribution.request(msg)
+        if request is not None:
+            self._on_request(request)
+            return
+        status = self.attribution.status(msg)
+        if status is not None:
+            self.on_status(status)
+
     def wait(self, timeout_s: float) -> None:
         """Run until every device has an outcome or ``timeout_s`` passes."""
-        deadline = time.monotonic() + timeout_s
-        while self._open() and time.monotonic() < deadline:
-            for plan in self.plans.values():
-                # Chunks are not retained: send them once every device has subscribed
-                # (it reported ``downloading``), or after a grace period; stragglers
-                # ask for what they missed (§7).
-                if not plan.chunks_sent and (not plan.waiting or time.monotonic() >= plan.due):
-                    self._send_chunks(plan)
-                    plan.chunks_sent = True
-                self._flush(plan)
-            try:
-                msg = self.link.inbox.get(timeout=0.05)
-            except queue.Empty:
-                continue
-            if msg.topic.endswith("/requests"):
-                self._on_request(msg)
-            else:
-                self._on_status(msg)
+        deadline = self._clock() + timeout_s
+        while self._open() and self._clock() < deadline:
+            self.step()
 
-    def _on_request(self, msg: Incoming) -> None:
-        try:
-            request = decode_delivery_as(msg.payload, ResendRequest)
-        except FedgeError:
+    def _on_request(self, req: DeviceRequest) -> None:
+        plan = self.plans.get(req.request.artifact_id)
+        if plan is None or req.device_id not in plan.devices:
             return
-        plan = self.plans.get(request.artifact_id)
-        # The broker ACL makes the requests topic authentic (§7); the body must agree.
-        if (
-            plan is not None
-            and msg.topic == device_requests(request.device_id)
-            and request.device_id in plan.devices
-        ):
-            if not plan.chunks_sent:
-                # The first full send is still due and will reach this (subscribed)
-                # device: answering now would send the chunks twice to the whole fleet.
-                plan.waiting.discard(request.device_id)
-                return
-            count = plan.release.manifest.chunk_count
-            plan.pending.update(i for i in request.missing if 0 <= i < count)
+        if not plan.chunks_sent:
+            # The first full send is still due and will reach this (subscribed) device:
+            # answering now would send the chunks twice to the whole fleet.
+            plan.waiting.discard(req.device_id)
+            return
+        count = plan.release.manifest.chunk_count
+        plan.pending.update(i for i in req.request.missing if 0 <= i < count)
 
-    def _on_status(self, msg: Incoming) -> None:
-        before = [r.outcome for r in self.report.devices.values()]
-        self._apply_status(msg)
-        after = [r.outcome for r in self.report.devices.values()]
-        if after != before and self.on_progress is not None:
+    def on_status(self, status: DeviceStatus) -> None:
+        """Apply one attributed status (rules O1-O3); reports progress on a change."""
+        result = self.report.devices.get(status.device_id)
+        plan = self.by_device.get(status.device_id)
+        if result is None or plan is None or result.outcome is not Outcome.TIMEOUT:
+            return
+        before = result.outcome
+        self._apply(status, plan)
+        if result.outcome is not before and self.on_progress is not None:
             self.on_progress(self.report)
 
-    def _apply_status(self, msg: Incoming) -> None:
-        status = status_of(msg)
-        if status is None or status.device_id not in self.report.devices:
-            return
+    def _apply(self, status: DeviceStatus, plan: Plan) -> None:
         result = self.report.devices[status.device_id]
-        plan = self.by_device.get(status.device_id)
-        update = status.update
-        outcome = update.outcome if update is not None and update.version == self.version else None
-        # The device's answer to this manifest decides. Its serving version alone counts
-        # only when it was not already at this number (another model may share it).
-        serving_it = (
-            status.model_version == str(self.version) and status.device_id not in self.preexisting
-        )
-        if msg.retained:
-            # A retained status may predate this publish, so its ``update`` proves nothing;
-            # but a device that did not serve this version when we started and serves it
-            # now has installed it. This is how a commit made while the coordinator was
-            # reconnecting (e.g. across a broker restart) is still seen.
-            if serving_it and result.outcome is Outcome.TIMEOUT:
-                result.outcome, result.reason = Outcome.COMMITTED, None
-            return
-        if outcome in _DONE or (serving_it and outcome is not UpdateOutcome.FAILED):
+        message = status.status
+        if plan.target.served_by(message.serving):  # O1
             result.outcome, result.reason = Outcome.COMMITTED, None
-        elif update is None or update.version not in (0, self.version):
             return
-        elif update.outcome is UpdateOutcome.DOWNLOADING and plan is not None:
+        update = message.update
+        if status.retained or update is None:
+            return  # O2: a retained outcome may be older than this publish
+        about_this = update.artifact_id == plan.artifact_id or (
+            update.artifact_id is None and update.version in (0, plan.target.version)
+        )
+        if not about_this:
+            return
+        if update.outcome is UpdateOutcome.DOWNLOADING:
             plan.waiting.discard(status.device_id)
-        elif update.outcome is UpdateOutcome.FAILED:
-            if update.reason == "delta_base_mismatch" and status.device_id not in self.retried:
-                self.retried.add(status.device_id)  # §4: fall back to the full artifact, once
-                record = self.pub.home.fleet()[status.device_id]
-                full = self.pub.build(
-                    self.model, self.version, self.precision, self.data, [record], None
-                )
-                self._send_plan(full)
-                return
-            result.outcome, result.reason = Outcome.FAILED, update.reason
+            return
+        if update.outcome is not UpdateOutcome.FAILED:
+            return
+        if update.reason == "delta_base_mismatch" and status.device_id not in self.retried:
+            self.retried.add(status.device_id)  # O3: the full artifact, once
+            plan.waiting.discard(status.device_id)
+            self._send_plan(self._full_plan(status.device_id))
+            return
+        result.outcome, result.reason = Outcome.FAILED, update.reason

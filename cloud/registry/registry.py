@@ -31,7 +31,8 @@ from cloud.registry.schema import (
     VersionSource,
 )
 from cloud.registry.store import ArtifactStore
-from shared.errors import NotDeployableError, NotFoundError, RegistryError
+from shared.errors import NotDeployableError, NotFoundError, ProtocolError, RegistryError
+from shared.numbers import parse_ascii_uint
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +111,12 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
         raise NotFoundError(f"bad version reference {ref!r}: expected MODEL or MODEL@N")
     if not sep or number == "latest":
         return name, None
-    if not number.isdigit():
-        raise NotFoundError(f"bad version reference {ref!r}: expected MODEL@N with N a number")
-    return name, int(number)
+    try:
+        return name, parse_ascii_uint(number, what="version number", max_value=2**53)
+    except ProtocolError as exc:  # one ASCII number grammar (docs/protocol.md N1)
+        raise NotFoundError(
+            f"bad version reference {ref[:80]!r}: expected MODEL@N with N a number"
+        ) from exc
 
 
 class _Unit:

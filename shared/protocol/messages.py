@@ -22,12 +22,15 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.precision import Precision
+
 __all__ = [
     "PROTOCOL_VERSION",
     "DeviceState",
     "LatencyStats",
     "Message",
     "MessageKind",
+    "ServingInfo",
     "StatusMessage",
     "TelemetryMessage",
     "UpdateInfo",
@@ -41,6 +44,9 @@ _ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 DeviceIdField = Annotated[str, Field(pattern=_ID)]
 MsgIdField = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{8,64}$")]
 VersionField = Annotated[str, Field(min_length=1, max_length=128)]
+VersionNumber = Annotated[int, Field(ge=0, le=2**53)]
+ArtifactIdField = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+Sha256Field = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Count = Annotated[int, Field(ge=0)]
 Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
@@ -93,28 +99,70 @@ class UpdateInfo(BaseModel):
     """The updater's latest outcome, carried in a :class:`StatusMessage`.
 
     Attributes:
-        version: The manifest version the outcome is about.
+        version: The manifest version the outcome is about (0 when the manifest was
+            refused before its version could be trusted, e.g. a bad signature).
         outcome: What happened.
         reason: The error's stable ``code`` (e.g. ``hash_mismatch``), when refused.
+        artifact_id: The verified manifest's artifact id the outcome is about; absent
+            when the manifest was refused before it verified, and for commands.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    version: Annotated[int, Field(ge=0, le=2**53)]
+    version: VersionNumber
     outcome: UpdateOutcome
     reason: Annotated[str, Field(pattern=r"^[a-z0-9_]{1,64}$")] | None = None
+    artifact_id: ArtifactIdField | None = None
+
+
+class ServingInfo(BaseModel):
+    """Exactly which committed artifact a device serves (``docs/protocol.md`` §9).
+
+    A coordinator decides "committed" by these fields alone: a device has installed
+    artifact X when its status says it serves X (``model_id``, ``version`` and ``sha256``
+    of the installed model file), whether the status arrived live or retained.
+
+    Attributes:
+        model_id: The manifest's model id.
+        version: The manifest's version.
+        artifact_id: The artifact id of the manifest that installed it.
+        sha256: SHA-256 of the installed (decoded, decrypted) model file.
+        precision: Its precision.
+        slot: The A/B slot it was installed in.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model_id: DeviceIdField
+    version: Annotated[int, Field(ge=1, le=2**53)]
+    artifact_id: ArtifactIdField
+    sha256: Sha256Field
+    precision: Precision
+    slot: Literal["a", "b"]
 
 
 class StatusMessage(_Envelope):
     """Retained device status on ``devices/{id}/status``; also the last will (``offline``).
 
+    The coordinator attributes a status to the device named by its *topic* (which the
+    broker ACL lets only that device publish to); ``device_id`` must equal it, or the
+    message is dropped and counted.
+
     Attributes:
         state: Lifecycle state.
-        model_version: Version of the active model, if one is serving.
+        model_version: Label of the model being served (informational: for a model
+            installed by the updater it is ``serving.version``; a model loaded from a
+            file names its own). Never used for decisions; ``serving`` is.
         slot: Active A/B slot name, if the updater manages slots.
         last_error: Short description of the last error (never a payload or key).
         hardware_id: Hardware revision from the device profile.
         update: The updater's latest outcome, if it has handled a manifest.
+        serving: The committed artifact serving now (absent before the first install
+            and for a model loaded from a file).
+        floor: The device's anti-rollback floor: it refuses any manifest version at or
+            below it (across model lines).
+        accepts: Precisions the device's profile accepts (its rule P2).
+        max_model_bytes: Largest model the device's profile accepts (its rule P1).
     """
 
     kind: Literal[MessageKind.STATUS] = MessageKind.STATUS
@@ -124,6 +172,10 @@ class StatusMessage(_Envelope):
     last_error: Annotated[str, Field(max_length=1024)] | None = None
     hardware_id: Annotated[str, Field(max_length=128)] | None = None
     update: UpdateInfo | None = None
+    serving: ServingInfo | None = None
+    floor: VersionNumber | None = None
+    accepts: tuple[Precision, ...] | None = Field(default=None, max_length=8)
+    max_model_bytes: Annotated[int, Field(ge=1, le=2**40)] | None = None
 
 
 class LatencyStats(BaseModel):

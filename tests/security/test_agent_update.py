@@ -1,11 +1,11 @@
 """The edge agent (a real ``python -m edge run --bundle`` subprocess) takes signed updates.
 
 Real Mosquitto with TLS, passwords and ACLs (``cloud.broker``), the product's
-:class:`~cloud.publisher.Publisher` as the coordinator, and the agent's own MQTT link,
+:class:`~cloud.deployment.publisher.Publisher` as the coordinator, and the agent's own MQTT link,
 outbox and LiteRT predictor. The agent is SIGKILLed at >= 20 random points of download,
 install, probation and commit, and restarted: it must always come back serving a committed
 model (never a partial one) and finally commit the new version. A signed ``rollback``
-command sent with :func:`cloud.commands.send_command` reaches the agent end to end.
+command sent with :func:`cloud.deployment.commands.send_command` reaches the agent end to end.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from pathlib import Path
 import pytest
 
 from cloud.broker import start_broker, wait_listening, write_broker_config
-from cloud.commands import send_command
-from cloud.keys import COORDINATOR_USER, KeyHome
-from cloud.publisher import Outcome, Publisher, PublishReport, select_devices
+from cloud.deployment.commands import send_command
+from cloud.deployment.publisher import Outcome, Publisher, PublishReport, select_devices
+from cloud.keys import MONITOR_USER, KeyHome
 from cloud.registry import ArtifactStatus, Registry, VersionSource
 from cloud.registry.registry import NewArtifact
 from shared.protocol import topics
@@ -242,7 +242,7 @@ def test_agent_commits_updates_and_survives_sigkill_during_download_and_install(
     world: World,
 ) -> None:
     """>= 20 SIGKILLs at random points of download, install, probation and commit."""
-    watcher = connect(world.broker, COORDINATOR_USER)
+    watcher = connect(world.broker, MONITOR_USER)
     try:
         assert watcher.subscribe(topics.device_status(DEVICE)) == [1]
         world.start_agent()

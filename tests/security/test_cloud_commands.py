@@ -1,4 +1,4 @@
-"""``cloud.commands``: signed commands a device accepts, with strictly increasing ``seq``."""
+"""``cloud.deployment.commands``: signed commands a device accepts, ``seq`` strictly rising."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud.commands import build_command, next_seq
+from cloud.deployment.commands import build_command, next_seq
 from cloud.keys import KeyHome
 from shared.errors import NotFoundError
 from shared.protocol.delivery import CommandAction, verify_command

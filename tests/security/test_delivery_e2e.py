@@ -3,7 +3,7 @@
 The registry holds real int8 ``.tflite`` models; each device runs an
 :class:`~edge.updater.mqtt.UpdaterClient` with its own enrollment bundle and a real LiteRT
 :class:`~edge.inference.Predictor` as probation. The coordinator side is the product's
-:class:`~cloud.publisher.Publisher`.
+:class:`~cloud.deployment.publisher.Publisher`.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ import numpy as np
 import pytest
 
 from cloud.broker import start_broker, wait_listening, write_broker_config
-from cloud.keys import COORDINATOR_USER, KeyHome
-from cloud.publisher import Outcome, Publisher, PublishReport, select_devices
+from cloud.deployment.publisher import Outcome, Publisher, PublishReport, select_devices
+from cloud.deployment.release import Signer, Target, build_plan
+from cloud.keys import COORDINATOR_USER, MONITOR_USER, KeyHome
 from cloud.registry import ArtifactStatus, Registry, VersionSource
 from cloud.registry.registry import NewArtifact
 from edge.inference import Predictor
@@ -32,13 +33,13 @@ from edge.inference.runtime import make_interpreter
 from edge.keystore import load_device_keys
 from edge.updater import UpdateReport
 from edge.updater.mqtt import UpdaterClient
-from shared.artifacts import Encoding, chunk_ad, sign_manifest, unwrap_content_key
+from shared.artifacts import ArtifactBuilder, Encoding, chunk_ad, sign_manifest, unwrap_content_key
 from shared.crypto import encrypt
 from shared.errors import NotDeployableError
 from shared.protocol import topics
-from shared.protocol.codec import decode_message_as
+from shared.protocol.codec import decode_message_as, encode_message
 from shared.protocol.delivery import ManifestMessage, encode_chunk, encode_delivery
-from shared.protocol.messages import DeviceState, StatusMessage, UpdateOutcome
+from shared.protocol.messages import DeviceState, ServingInfo, StatusMessage, UpdateOutcome
 from tests.helpers.models import BuiltModels
 from tests.helpers.mosquitto import free_port
 from tests.security.conftest import Client, FleetBroker, connect
@@ -234,9 +235,13 @@ def test_tampered_chunk_on_the_wire_is_rejected(world: World, models: BuiltModel
     assert world.publish("cnn@1", ("dev-a",)).devices["dev-a"].outcome is Outcome.COMMITTED
     state_before = (world.base / "devices" / "dev-a" / "state.json").read_bytes()
     home = world.broker.home
-    pub = Publisher(world.registry, home, host="127.0.0.1", port=world.broker.port)
     records = select_devices(home, ["dev-a", "dev-b"], None)
-    plan = pub.build("cnn", 2, "int8", models.int8_b.read_bytes(), records, None)
+    data = models.int8_b.read_bytes()
+    target = Target("cnn", 2, "int8", hashlib.sha256(data).hexdigest())
+    signer = Signer(*home.release_signer(), None)
+    plan = build_plan(
+        ArtifactBuilder(), data, target, records, None, signer=signer, now=time.time()
+    )
     m = plan.release.manifest
     # dev-b is a legitimate recipient: it can forge a chunk with a valid GCM tag.
     dev_b_key = load_device_keys(home.device_dir("dev-b")).box_key
@@ -307,7 +312,7 @@ def test_updater_announces_itself_and_leaves_a_last_will(world: World, models: B
     The publisher stops waiting for status discovery once every target has spoken, so a
     device without a model must announce itself too.
     """
-    watcher = connect(world.broker, COORDINATOR_USER)
+    watcher = connect(world.broker, MONITOR_USER)
     assert watcher.subscribe(topics.device_status("dev-a")) == [1]
     client = world.start_device("dev-a")
     assert watcher.wait(lambda: _statuses_of(watcher, "dev-a"), timeout=10)
@@ -376,3 +381,38 @@ def test_publish_cli_reports_every_device(
     )
     assert result.exit_code == 0, result.output
     assert "dev-c: committed" in result.stdout and "timeline: discovered" in result.stdout
+
+
+def test_a_status_about_another_device_is_never_believed(world: World, models: BuiltModels) -> None:
+    """Class 1 of issue 9, with only dev-a's credentials, on dev-a's own status topic.
+
+    The forged status says dev-b serves exactly the target. The publisher attributes it to
+    dev-a (its topic), drops it as an identity mismatch, and neither skips dev-b nor reports
+    it committed: dev-b is offline and still serves nothing.
+    """
+    world.start_device("dev-a")
+    sha = _sha(models.int8_a)
+    forged = StatusMessage(
+        device_id="dev-b",
+        sent_at=time.time(),
+        state=DeviceState.ONLINE,
+        serving=ServingInfo(
+            model_id="cnn", version=1, artifact_id="ab" * 16, sha256=sha, precision="int8", slot="a"
+        ),
+        floor=1,
+    )
+    attacker = connect(world.broker, "dev-a")  # dev-a's real certificate and password
+    watcher = connect(world.broker, MONITOR_USER)
+    try:
+        assert attacker.publish(topics.device_status("dev-a"), encode_message(forged), True) < 128
+        report = world.publish("cnn@1", ("dev-a", "dev-b"))
+        assert report.devices["dev-a"].outcome is Outcome.COMMITTED  # control
+        assert report.devices["dev-b"].outcome is Outcome.TIMEOUT
+        assert report.dropped.get("identity_mismatch", 0) >= 1
+        # dev-b was not skipped: its signed manifest waits for it, retained.
+        assert watcher.subscribe(topics.device_manifest("dev-b")) == [1]
+        assert watcher.wait(lambda: watcher.messages, timeout=5)
+    finally:
+        attacker.close()
+        watcher.close()
+    _assert_serving(world, "dev-a", "1", models.int8_a)

@@ -54,12 +54,16 @@ def test_topics_follow_the_contract() -> None:
     assert topics.device_manifest("cam-1") == "fedge/v1/devices/cam-1/manifest"
     assert topics.device_cmd("cam-1") == "fedge/v1/devices/cam-1/cmd"
     assert topics.group_cmd("home") == "fedge/v1/groups/home/cmd"
-    assert topics.artifact_chunk("abc123", 7) == "fedge/v1/artifacts/abc123/chunks/7"
-    assert topics.artifact_chunks("abc123") == "fedge/v1/artifacts/abc123/chunks/+"
+    aid = "ab" * 16
+    assert topics.artifact_chunk(aid, 7) == f"fedge/v1/artifacts/{aid}/chunks/7"
+    assert topics.artifact_chunks(aid) == f"fedge/v1/artifacts/{aid}/chunks/+"
+    assert topics.device_requests("cam-1") == "fedge/v1/devices/cam-1/requests"
     assert topics.all_devices(topics.DeviceLeaf.STATUS) == "fedge/v1/devices/+/status"
 
 
-@pytest.mark.parametrize("bad", ["", "a/b", "+", "#", "cam 1", "../x", "a" * 200, "é"])
+@pytest.mark.parametrize(
+    "bad", ["", "a/b", "+", "#", "cam 1", "../x", "a" * 200, "é", "cam-1\n", "cam\x00", "-x"]
+)
 def test_topic_segments_cannot_escape_their_level(bad: str) -> None:
     with pytest.raises(ProtocolError):
         topics.device_status(bad)
@@ -67,7 +71,7 @@ def test_topic_segments_cannot_escape_their_level(bad: str) -> None:
 
 def test_negative_chunk_index_is_rejected() -> None:
     with pytest.raises(ProtocolError):
-        topics.artifact_chunk("abc", -1)
+        topics.artifact_chunk("ab" * 16, -1)
 
 
 def test_parse_device_topic_round_trips() -> None:

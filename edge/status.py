@@ -1,0 +1,82 @@
+"""The device's retained status message, built in one place for every host of an updater.
+
+``docs/protocol.md`` §9: a status names exactly what the device serves (``serving``: model
+id, version, artifact id, sha256, precision, slot), its anti-rollback floor and what its
+profile accepts, so the coordinator never has to guess a commit from a version string.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from edge.updater.state import UpdaterState
+from shared.precision import Precision
+from shared.protocol.messages import DeviceState, ServingInfo, StatusMessage, UpdateInfo
+
+__all__ = ["build_status", "serving_info"]
+
+
+def serving_info(state: UpdaterState | None) -> ServingInfo | None:
+    """What the committed active slot holds, or None (nothing installed by the updater).
+
+    A slot record written by an older agent may lack its artifact id or precision: such a
+    device cannot name its artifact exactly, so it claims nothing (the coordinator then
+    treats it as serving an unknown model and sends the full artifact).
+    """
+    if state is None or state.active is None:
+        return None
+    record = state.active_record
+    if record is None or record.artifact_id is None or record.precision is None:
+        return None
+    return ServingInfo(
+        model_id=record.model_id,
+        version=record.version,
+        artifact_id=record.artifact_id,
+        sha256=record.sha256,
+        precision=Precision(record.precision),
+        slot=state.active.value,
+    )
+
+
+def build_status(
+    *,
+    device_id: str,
+    hardware_id: str,
+    state: DeviceState,
+    sent_at: float,
+    updater_state: UpdaterState | None = None,
+    precisions: Iterable[str] | None = None,
+    max_model_bytes: int | None = None,
+    model_label: str | None = None,
+    update: UpdateInfo | None = None,
+    last_error: str | None = None,
+) -> StatusMessage:
+    """The status message of one device.
+
+    Args:
+        device_id, hardware_id: This device (the topic names the same id).
+        state: Lifecycle state.
+        sent_at: Unix seconds.
+        updater_state: The updater's committed state (None without an updater).
+        precisions, max_model_bytes: The profile's limits (rules P1, P2), advertised so a
+            coordinator can refuse an artifact up front instead of sending it.
+        model_label: Label of the model serving, when it was not installed by the updater.
+        update: The updater's latest outcome, when this status announces one.
+        last_error: Short description of the last error.
+    """
+    serving = serving_info(updater_state)
+    active = updater_state.active if updater_state is not None else None
+    return StatusMessage(
+        device_id=device_id,
+        sent_at=sent_at,
+        state=state,
+        model_version=str(serving.version) if serving is not None else model_label,
+        slot=active.value if active is not None else None,
+        hardware_id=hardware_id,
+        last_error=last_error,
+        update=update,
+        serving=serving,
+        floor=updater_state.floor if updater_state is not None else None,
+        accepts=tuple(Precision(p) for p in precisions) if precisions is not None else None,
+        max_model_bytes=max_model_bytes,
+    )
