@@ -29,7 +29,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy shared
+	$(VENV)/bin/mypy cloud edge shared simulations
 
 bench: $(STAMP)
 	$(PY) benchmarks/quantization.py

@@ -11,6 +11,7 @@ import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Any, TypeVar, cast
 
 import typer
@@ -136,10 +137,25 @@ def quantize_cmd(
         typer.Option(help="Accuracy budget in points (default 1.0 or FEDGE_MAX_ACCURACY_DROP)."),
     ] = None,
     calibration_samples: Annotated[int, typer.Option(min=1)] = 256,
+    profiles: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="FEDGE_PROFILES",
+            help="Directory of device profiles (*.toml) to check the approved artifacts "
+            "against (default: ./firmware_configs when present).",
+        ),
+    ] = None,
     json_out: JsonFlag = False,
 ) -> None:
-    """Convert to TFLite, quantize (int8 → dynamic-int8 → float16 → float32), verify in LiteRT."""
+    """Convert to TFLite, quantize (int8, dynamic-int8, float16, float32), verify in LiteRT.
+
+    Every precision within the budget is approved; the publisher sends each device the
+    smallest approved artifact its profile accepts. Profiles no approved artifact serves
+    are named here, before anything is sent.
+    """
     from cloud.quantization import quantize_version
+    from cloud.quantization.pipeline import profile_coverage
+    from shared.profiles import profile_from_toml
 
     settings = Settings()
     budget = settings.max_accuracy_drop if max_drop is None else max_drop
@@ -153,8 +169,17 @@ def quantize_cmd(
                 on_step=lambda msg: status.update(msg),
             )
         )
+    shipped = Path("firmware_configs")
+    directory = profiles or (shipped if shipped.is_dir() else None)
+    accepted: dict[str, list[str]] = {}
+    if directory is not None:
+        with cli_errors():
+            for path in sorted(directory.glob("*.toml")):
+                profile = profile_from_toml(path.read_text(), source=str(path))
+                accepted[profile.name] = [str(p) for p in profile.precisions]
+    coverage = profile_coverage(report, accepted)
     if json_out:
-        emit_json(report.to_dict())
+        emit_json(report.to_dict() | {"profile_coverage": coverage})
         return
     table = Table(
         title=f"{report.version}: float accuracy {report.float_accuracy:.2%}, "
@@ -177,6 +202,15 @@ def quantize_cmd(
             table.add_row(att.precision, "failed", "", "", "", att.reason or "")
     out_console.print(table)
     out_console.print(f"deployable: [bold]{report.selected or 'none'}[/]")
+    for name, precision in coverage.items():
+        if precision is None:
+            err_console.print(
+                f"[yellow]warning:[/] no approved artifact for profile {name} "
+                f"(accepts {', '.join(accepted[name])}): its devices will be refused "
+                "with precision_not_accepted"
+            )
+        else:
+            out_console.print(f"profile {name}: {precision}")
 
 
 @models_app.command("list")

@@ -55,10 +55,13 @@ def _fail(exc: FedgeError, as_json: bool = False) -> None:
 
 
 def _setup_logging(level: str) -> None:
+    # force: the command's own --log-level wins over anything configured before it (e.g.
+    # the ``fedge`` root command's default WARNING).
     logging.basicConfig(
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
+        force=True,
     )
 
 
@@ -339,3 +342,8 @@ def supernode(
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     node.stop()
+
+
+def main() -> None:
+    """``fedge-edge`` console script: the device's commands, no cloud code."""
+    edge_app(prog_name="fedge-edge")

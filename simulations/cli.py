@@ -1,43 +1,59 @@
 """The ``fedge`` command: the composition root of the command-line tools.
 
 It lives in ``simulations/`` because that is the one package allowed to import both the
-cloud and the edge planes (see the layering rules in README). Sub-apps import their heavy
-dependencies lazily, so ``fedge edge …`` works on a device without torch.
+cloud and the edge planes (see the layering rules in README). ``fedge edge …`` is handed to
+:mod:`edge.cli` before any cloud module is imported, so on a device it loads no cloud code
+(and runs without torch); on an edge-only install a cloud command says which extra to
+install instead of printing a traceback.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import sys
 from typing import Annotated
 
 import typer
 
-from cloud.broker_cli import broker_app
-from cloud.cli import cloud_app, models_app
-from cloud.commands_cli import register as register_commands
-from cloud.federation.cli import register as register_federate
-from cloud.keys_cli import keys_app
-from cloud.publish_cli import register as register_publish
 from edge.cli import edge_app
 
-app = typer.Typer(
-    name="fedge",
-    help="Edge-to-cloud federated deployment: train, quantize, federate and roll out models.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
+#: The cloud-side modules need the ``cloud`` extra (torch, FastAPI, SQLAlchemy, Flower …).
+_CLOUD_EXTRA_HINT = (
+    "error (missing_extra): this command runs on the coordinator and needs the cloud extra: "
+    "pip install 'fedge[cloud]' (missing module: {name})"
 )
-register_publish(cloud_app)
-register_commands(cloud_app)
-register_federate(cloud_app)
-app.add_typer(cloud_app, name="cloud")
-app.add_typer(models_app, name="models")
-app.add_typer(keys_app, name="keys")
-app.add_typer(broker_app, name="broker")
-app.add_typer(edge_app, name="edge")
 
 
-@app.callback()
+@functools.cache
+def _build_app() -> typer.Typer:
+    """The full ``fedge`` command (imports the cloud command groups)."""
+    from cloud.broker_cli import broker_app
+    from cloud.cli import cloud_app, models_app
+    from cloud.commands_cli import register as register_commands
+    from cloud.federation.cli import register as register_federate
+    from cloud.keys_cli import keys_app
+    from cloud.publish_cli import register as register_publish
+
+    root = typer.Typer(
+        name="fedge",
+        help="Edge-to-cloud federated deployment: train, quantize, federate and roll out models.",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+    )
+    register_publish(cloud_app)
+    register_commands(cloud_app)
+    register_federate(cloud_app)
+    root.add_typer(cloud_app, name="cloud")
+    root.add_typer(models_app, name="models")
+    root.add_typer(keys_app, name="keys")
+    root.add_typer(broker_app, name="broker")
+    root.add_typer(edge_app, name="edge")
+    root.callback()(main_callback)
+    return root
+
+
 def main_callback(
     verbose: Annotated[
         int, typer.Option("--verbose", "-v", count=True, help="-v info, -vv debug.")
@@ -52,7 +68,25 @@ def main_callback(
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    args = sys.argv[1:]
+    if args[:1] == ["edge"]:  # the device's commands: no cloud module is imported
+        edge_app(args=args[1:], prog_name="fedge edge")
+        return
+    try:
+        # Cloud commands import their heavy dependencies when they run, so an edge-only
+        # install fails here, inside the command, rather than at start-up.
+        _build_app()()
+    except ModuleNotFoundError as exc:
+        typer.echo(_CLOUD_EXTRA_HINT.format(name=exc.name), err=True)
+        raise SystemExit(2) from exc
+
+
+def __getattr__(name: str) -> typer.Typer:
+    # ``simulations.cli.app`` (tests, typer's CliRunner): built on first use, so importing
+    # this module costs nothing for ``fedge edge``.
+    if name == "app":
+        return _build_app()
+    raise AttributeError(name)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,13 @@
 
 Every artifact is evaluated in LiteRT on the version's held-out split. An artifact whose
 accuracy drop against the float torch model exceeds the budget is stored as ``rejected`` —
-kept for the record, never deployable. The chain stops at the first approved precision;
-the reasons earlier steps failed or were rejected are kept in the version's metrics.
-All artifacts of one run are committed together, or none.
+kept for the record, never deployable. Every precision of the chain is tried and every one
+within the budget is kept as ``approved``: devices accept different precisions (their
+profiles' ``precisions``), and the publisher sends each device the smallest approved
+artifact it accepts (``docs/protocol.md`` Q3). ``selected`` is the smallest approved one;
+:func:`profile_coverage` says which profiles no approved artifact serves. The reasons
+steps failed or were rejected are kept in the version's metrics. All artifacts of one run
+are committed together, or none.
 """
 
 from __future__ import annotations
@@ -59,6 +63,19 @@ class QuantizationReport:
         out = asdict(self)
         out["attempts"] = [asdict(a) for a in self.attempts]
         return out
+
+
+def profile_coverage(
+    report: QuantizationReport, profiles: dict[str, list[str]]
+) -> dict[str, str | None]:
+    """For each profile (name → accepted precisions), the smallest approved artifact it
+    accepts, or None when no approved artifact can ever be sent to devices of that profile."""
+    sizes = {a["precision"]: a["bytes"] for a in report.artifacts if a["status"] == "approved"}
+    out: dict[str, str | None] = {}
+    for name, accepted in sorted(profiles.items()):
+        fits = [p for p in accepted if p in sizes]
+        out[name] = min(fits, key=lambda p: sizes[p]) if fits else None
+    return out
 
 
 def quantize_version(
@@ -121,11 +138,12 @@ def quantize_version(
         )
         return ok
 
-    fp32_ok = judge(Precision.FLOAT32, float_model)
+    approved: dict[str, int] = {}
+    if judge(Precision.FLOAT32, float_model):
+        approved[str(Precision.FLOAT32)] = len(float_model)
     for precision in FALLBACK_CHAIN:
         if precision is Precision.FLOAT32:
-            report.selected = str(Precision.FLOAT32) if fp32_ok else None
-            break
+            continue  # judged above, as the reference every other precision is held to
         step(f"quantize to {precision}")
         try:
             with native_output_captured():
@@ -135,8 +153,8 @@ def quantize_version(
             log.warning("%s: %s", version.ref, exc)
             continue
         if judge(precision, data):
-            report.selected = str(precision)
-            break
+            approved[str(precision)] = len(data)
+    report.selected = min(approved, key=lambda p: approved[p]) if approved else None
 
     summary = {
         "quantization": {

@@ -27,6 +27,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from shared.errors import ConfigError, ProtocolError
+from shared.numbers import parse_ascii_uint
 from shared.protocol.codec import decode_message
 from shared.protocol.messages import Message
 from shared.protocol.topics import ROOT
@@ -34,6 +35,26 @@ from shared.protocol.topics import ROOT
 __all__ = ["BrokerAddress", "EventKind", "LinkEvent", "MqttLink", "parse_broker_url"]
 
 logger = logging.getLogger(__name__)
+
+
+class _PahoLog:
+    """paho's log, with its per-attempt reconnect noise demoted to DEBUG.
+
+    While the broker is unreachable paho logs an ERROR for every reconnect attempt
+    ("Client is not connected"); the agent already logs the disconnect once, as a warning.
+    """
+
+    def __init__(self, target: logging.Logger) -> None:
+        self._target = target
+
+    def log(self, level: int, msg: str, *args: object) -> None:
+        if level >= logging.ERROR and "not connected" in str(msg):
+            level = logging.DEBUG
+        self._target.log(level, msg, *args)
+
+    def isEnabledFor(self, level: int) -> bool:  # the logging.Logger API paho calls
+        return self._target.isEnabledFor(level)
+
 
 SESSION_EXPIRY_S = 3600
 """Persistent session: the broker queues QoS 1 messages (chunks) across short outages."""
@@ -91,13 +112,14 @@ def parse_broker_url(url: str) -> BrokerAddress:
     """Parse ``mqtt://host[:port]``, ``mqtts://host[:port]`` or ``host[:port]``.
 
     Raises:
-        ConfigError: an unknown scheme, a missing host or a bad port.
+        ConfigError: an unknown scheme, a missing host or a bad port (rule N1: ASCII digits,
+            1 to 65535, no sign or leading zeros).
     """
     if "://" not in url:
         url = f"mqtt://{url}"
     try:
         parts = urlsplit(url)
-        port = parts.port
+        port = _broker_port(parts.netloc)
     except ValueError as exc:
         raise ConfigError(f"invalid broker URL {url!r}: {exc}") from exc
     if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
@@ -106,6 +128,31 @@ def parse_broker_url(url: str) -> BrokerAddress:
         raise ConfigError(f"broker URL {url!r} has no host")
     tls = parts.scheme in ("mqtts", "ssl")
     return BrokerAddress(parts.hostname, port or (8883 if tls else 1883), tls)
+
+
+def _broker_port(netloc: str) -> int | None:
+    """The port of ``[user[:password]@]host[:port]``, read with the ASCII grammar (rule N1).
+
+    Raises:
+        ValueError: a port that is not a canonical ASCII decimal in ``1..65535``.
+    """
+    hostinfo = netloc.rpartition("@")[2]
+    if hostinfo.startswith("["):  # [IPv6]:port
+        _, _, rest = hostinfo.partition("]")
+        if rest and not rest.startswith(":"):
+            raise ValueError("unexpected text after the IPv6 address")
+        sep, text = rest[:1], rest[1:]
+    else:
+        _, sep, text = hostinfo.partition(":")
+    if not sep:
+        return None
+    try:
+        port = parse_ascii_uint(text, what="broker port", max_value=65_535)
+    except ProtocolError as exc:
+        raise ValueError(exc.message) from exc
+    if port == 0:
+        raise ValueError("broker port 0 is not a port")
+    return port
 
 
 class MqttLink:
@@ -142,7 +189,7 @@ class MqttLink:
         self._events = events
         self._keepalive = keepalive_s
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-        client.enable_logger(logging.getLogger("paho"))
+        client.enable_logger(_PahoLog(logging.getLogger("paho")))  # type: ignore[arg-type]
         if username is not None:
             client.username_pw_set(username, password)
         if broker.tls or cafile or certfile:
