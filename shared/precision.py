@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["Precision"]
+__all__ = ["Precision", "precision_rank"]
 
 
 class Precision(StrEnum):
@@ -19,3 +19,14 @@ class Precision(StrEnum):
     DYNAMIC_INT8 = "dynamic-int8"  # int8 weights, float activations quantized on the fly
     FLOAT16 = "float16"  # float16 weights, float32 compute
     FLOAT32 = "float32"
+
+
+def precision_rank(value: str) -> int:
+    """Preference of a precision for deployment: 0 for int8, … 3 for float32.
+
+    The order of :class:`Precision` (most compressed first); an unknown value ranks last.
+    """
+    try:
+        return list(Precision).index(Precision(value))
+    except ValueError:
+        return len(Precision)

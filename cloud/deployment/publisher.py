@@ -35,6 +35,7 @@ from cloud.registry import ArtifactStatus, Registry
 from cloud.registry.registry import ArtifactInfo, VersionInfo
 from shared.artifacts import ArtifactBuilder, BaseArtifact
 from shared.errors import ConfigError, FedgeError, NotFoundError
+from shared.precision import precision_rank
 from shared.protocol import topics
 
 __all__ = ["DeviceResult", "Outcome", "PublishReport", "Publisher", "select_devices"]
@@ -68,7 +69,7 @@ def select_devices(home: KeyHome, device_ids: list[str], group: str | None) -> l
 def _choose(
     approved: list[ArtifactInfo], heard: DeviceStatus | None
 ) -> tuple[ArtifactInfo | None, str | None]:
-    """Q3: the smallest approved artifact the device accepts, or None and the reason."""
+    """Q3: the preferred approved artifact the device accepts, or None and the reason."""
     status = heard.status if heard is not None else None
     fits = approved
     if status is not None and status.accepts is not None:
@@ -80,7 +81,7 @@ def _choose(
         fits = [a for a in fits if a.bytes <= limit]
         if not fits:
             return None, "model_too_large"
-    return min(fits, key=lambda a: a.bytes), None
+    return min(fits, key=lambda a: (precision_rank(a.precision), a.bytes)), None
 
 
 def _below_floor(version: int, heard: DeviceStatus | None) -> str | None:

@@ -5,7 +5,8 @@ accuracy drop against the float torch model exceeds the budget is stored as ``re
 kept for the record, never deployable. Every precision of the chain is tried and every one
 within the budget is kept as ``approved``: devices accept different precisions (their
 profiles' ``precisions``), and the publisher sends each device the smallest approved
-artifact it accepts (``docs/protocol.md`` Q3). ``selected`` is the smallest approved one;
+artifact it accepts (``docs/protocol.md`` Q3). ``selected`` is the first approved one in
+the order int8, dynamic-int8, float16, float32;
 :func:`profile_coverage` says which profiles no approved artifact serves. The reasons
 steps failed or were rejected are kept in the version's metrics. All artifacts of one run
 are committed together, or none.
@@ -29,7 +30,7 @@ from cloud.registry.registry import NewArtifact
 from cloud.training import ModelSpec, evaluate_torch
 from cloud.training.serialize import model_from_bytes
 from shared.errors import QuantizationError, RegistryError
-from shared.precision import Precision
+from shared.precision import Precision, precision_rank
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +69,13 @@ class QuantizationReport:
 def profile_coverage(
     report: QuantizationReport, profiles: dict[str, list[str]]
 ) -> dict[str, str | None]:
-    """For each profile (name → accepted precisions), the smallest approved artifact it
+    """For each profile (name → accepted precisions), the preferred approved artifact it
     accepts, or None when no approved artifact can ever be sent to devices of that profile."""
-    sizes = {a["precision"]: a["bytes"] for a in report.artifacts if a["status"] == "approved"}
+    approved = {a["precision"] for a in report.artifacts if a["status"] == "approved"}
     out: dict[str, str | None] = {}
     for name, accepted in sorted(profiles.items()):
-        fits = [p for p in accepted if p in sizes]
-        out[name] = min(fits, key=lambda p: sizes[p]) if fits else None
+        fits = [p for p in accepted if p in approved]
+        out[name] = min(fits, key=precision_rank) if fits else None
     return out
 
 
@@ -154,7 +155,9 @@ def quantize_version(
             continue
         if judge(precision, data):
             approved[str(precision)] = len(data)
-    report.selected = min(approved, key=lambda p: approved[p]) if approved else None
+    # The preferred precision (Precision's order: full int8 first) among the approved ones,
+    # as the chain always chose; the publisher may still send another approved one (Q3).
+    report.selected = min(approved, key=precision_rank) if approved else None
 
     summary = {
         "quantization": {

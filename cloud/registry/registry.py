@@ -33,6 +33,7 @@ from cloud.registry.schema import (
 from cloud.registry.store import ArtifactStore
 from shared.errors import NotDeployableError, NotFoundError, ProtocolError, RegistryError
 from shared.numbers import parse_ascii_uint
+from shared.precision import precision_rank
 
 log = logging.getLogger(__name__)
 
@@ -334,7 +335,7 @@ class Registry:
 
     def deployable_artifact(self, ref: str, precision: str | None = None) -> ArtifactInfo:
         """The approved TFLite artifact to deploy for a version: the requested precision, or
-        the smallest approved one.
+        the preferred approved one (int8, then dynamic-int8, float16, float32).
 
         Raises:
             NotDeployableError: the requested artifact is rejected, or none is approved.
@@ -349,4 +350,5 @@ class Registry:
         if not approved:
             reasons = "; ".join(f"{a.precision}: {a.reason}" for a in tflite) or "none quantized"
             raise NotDeployableError(f"{version.ref} has no deployable TFLite artifact ({reasons})")
-        return min(approved, key=lambda a: a.bytes)
+        # The preferred precision first (int8 → dynamic-int8 → float16 → float32).
+        return min(approved, key=lambda a: (precision_rank(a.precision), a.bytes))

@@ -23,6 +23,6 @@ def test_a_profile_that_accepts_no_approved_precision_is_named() -> None:
     assert coverage == {"air_quality_node": None, "hub": "float32", "smart_camera": "float16"}
 
 
-def test_each_profile_gets_its_smallest_accepted_approved_artifact() -> None:
+def test_each_profile_gets_its_preferred_accepted_approved_artifact() -> None:
     report = _report(("float32", 100), ("float16", 50))
     assert profile_coverage(report, {"p": ["float32", "float16"]}) == {"p": "float16"}
