@@ -40,6 +40,7 @@ the agent). Verified against Mosquitto 2.0.11 in ``tests/security``:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pwd
@@ -356,7 +357,43 @@ def refresh_broker(
     write_credentials(home, files)
     running = _broker_pid(files) is not None
     evicted = [d for d in evict if running and evict_session(home, files, d)]
-    return {"broker_reloaded": reload_broker(files), "evicted": evicted}
+    reloaded = reload_broker(files)
+    result: dict[str, Any] = {"broker_reloaded": reloaded, "evicted": evicted}
+    if reloaded and evict:
+        # SIGHUP is asynchronous: return only once the broker really refuses the revoked
+        # certificates, so "revoked" means "cannot connect" to whoever acts on the answer.
+        result["refused"] = [d for d in evict if _wait_refused(home, files, d)]
+    return result
+
+
+def _wait_refused(home: KeyHome, files: BrokerFiles, device_id: str, timeout: float = 5.0) -> bool:
+    """Whether a TLS handshake with ``device_id``'s certificate fails within ``timeout``."""
+    bundle = home.device_dir(device_id)
+    cert, key = bundle / "client.crt", bundle / "client.key"
+    if not (cert.exists() and key.exists()):
+        return False
+    host, port = _listener_address(files)
+    context = ssl.create_default_context(cafile=str(home.tls_dir / "ca.crt"))
+    context.load_cert_chain(str(cert), str(key))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with (
+                socket.create_connection((host, port), timeout=1.0) as raw,
+                context.wrap_socket(raw, server_hostname=host) as tls,
+            ):
+                tls.do_handshake()
+                tls.settimeout(0.2)
+                with contextlib.suppress(TimeoutError):
+                    if tls.recv(1) == b"":  # closed after the handshake: refused
+                        return True
+        except (ssl.SSLError, ConnectionError):
+            return True  # the broker refused the certificate
+        except OSError:
+            return False  # nothing listens: nothing to wait for
+        time.sleep(0.05)
+    log.warning("broker still accepts the certificate of revoked %s", device_id)
+    return False
 
 
 def start_broker(files: BrokerFiles, *, verbose: bool = False) -> subprocess.Popen[bytes]:

@@ -124,7 +124,7 @@ def test_revoked_device_loses_access_at_once(fleet_broker: FleetBroker) -> None:
     assert dev.subscribe("fedge/v1/devices/dev-c/#") == [1]
     fleet_broker.home.revoke_device("dev-c")
     result = refresh_broker(fleet_broker.home, fleet_broker.files, evict=("dev-c",))
-    assert result == {"broker_reloaded": True, "evicted": ["dev-c"]}
+    assert result == {"broker_reloaded": True, "evicted": ["dev-c"], "refused": ["dev-c"]}
     assert dev.disconnected.wait(5), "connected revoked device was not disconnected"
     dev.close()
     again = connect(fleet_broker, "dev-c")  # its certificate is on the CRL now
