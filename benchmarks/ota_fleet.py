@@ -363,7 +363,9 @@ def measure_device_work(
 
     from edge.updater.engine import Updater
     from shared.crypto import PrivateKey
-    from shared.protocol.delivery import ManifestMessage, encode_chunk, encode_delivery
+    from shared.protocol.codec import encode_chunk
+    from shared.protocol.codec import encode_message as encode_delivery
+    from shared.protocol.messages import ManifestMessage
     from tests.helpers.release import NOW, Fleet
 
     class _Link:

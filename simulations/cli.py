@@ -29,12 +29,12 @@ _CLOUD_EXTRA_HINT = (
 @functools.cache
 def _build_app() -> typer.Typer:
     """The full ``fedge`` command (imports the cloud command groups)."""
-    from cloud.broker_cli import broker_app
-    from cloud.cli import cloud_app, models_app
-    from cloud.commands_cli import register as register_commands
-    from cloud.federation.cli import register as register_federate
-    from cloud.keys_cli import keys_app
-    from cloud.publish_cli import register as register_publish
+    from cloud.cli.broker import broker_app
+    from cloud.cli.commands import register as register_commands
+    from cloud.cli.federate import register as register_federate
+    from cloud.cli.keys import keys_app
+    from cloud.cli.pipeline import cloud_app, models_app
+    from cloud.cli.publish import register as register_publish
 
     root = typer.Typer(
         name="fedge",

@@ -45,7 +45,7 @@ def step(title: str) -> None:
 
 def cloud_stage(epochs: int) -> tuple[str, dict[str, Any]]:
     """Train, quantize and compare; returns the version and the measurements."""
-    from cloud.cli import open_registry
+    from cloud.cli.common import open_registry
     from cloud.quantization import quantize_version
     from cloud.quantization.compare import compare_version
     from cloud.training import TrainConfig

@@ -26,14 +26,9 @@ from cloud.keyfiles import write_public
 from cloud.keys import KeyHome
 from shared.errors import ConfigError
 from shared.protocol import topics
-from shared.protocol.delivery import (
-    Command,
-    CommandAction,
-    CommandMessage,
-    encode_delivery,
-    sign_command,
-)
-from shared.protocol.messages import UpdateOutcome
+from shared.protocol.codec import encode_message
+from shared.protocol.commands import Command, CommandAction, sign_command
+from shared.protocol.messages import CommandMessage, UpdateOutcome
 
 __all__ = ["CommandResult", "build_command", "next_seq", "send_command"]
 
@@ -175,7 +170,7 @@ def send_command(
         command, message = build_command(
             home, action, device_id, to_version=to_version, artifact_id=artifact_id
         )
-        info = link.publish(topics.device_cmd(device_id), encode_delivery(message))
+        info = link.publish(topics.device_cmd(device_id), encode_message(message))
         info.wait_for_publish(timeout_s)
         logger.info("sent %s to %s (seq %d)", action, device_id, command.seq)
         deadline = time.monotonic() + timeout_s

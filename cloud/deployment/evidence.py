@@ -18,8 +18,7 @@ from cloud.deployment.link import Incoming
 from shared.errors import FedgeError
 from shared.protocol import Deduplicator, topics
 from shared.protocol.codec import decode_message_as
-from shared.protocol.delivery import ResendRequest, decode_delivery_as
-from shared.protocol.messages import StatusMessage
+from shared.protocol.messages import ResendRequest, StatusMessage
 from shared.protocol.topics import DeviceLeaf, TopicKind
 
 __all__ = ["Attribution", "DeviceRequest", "DeviceStatus"]
@@ -101,7 +100,7 @@ class Attribution:
         if device_id is None:
             return None
         try:
-            request = decode_delivery_as(msg.payload, ResendRequest)
+            request = decode_message_as(msg.payload, ResendRequest)
         except FedgeError:
             self._drop("malformed", msg.topic)
             return None

@@ -16,8 +16,8 @@ from shared.artifacts.manifest import b64decode
 from shared.artifacts.trust import Envelope
 from shared.crypto import PublicKey, SigningKey
 from shared.protocol import topics
-from shared.protocol.delivery import ManifestMessage, encode_delivery
-from shared.protocol.messages import ServingInfo
+from shared.protocol.codec import encode_message
+from shared.protocol.messages import ManifestMessage, ServingInfo
 
 __all__ = ["Plan", "Signer", "Target", "build_plan"]
 
@@ -100,7 +100,7 @@ def build_plan(
             revocations=signer.revocations,
         )
         message = ManifestMessage(device_id=m.device_id, sent_at=now, envelope=envelope)
-        manifests[m.device_id] = (topics.device_manifest(m.device_id), encode_delivery(message))
+        manifests[m.device_id] = (topics.device_manifest(m.device_id), encode_message(message))
     delta = release.manifest.delta_base is not None
     return Plan(
         release,

@@ -31,7 +31,7 @@ from cloud.deployment.link import CoordinatorTransport
 from cloud.deployment.release import Plan
 from cloud.deployment.report import Outcome, PublishReport
 from shared.protocol import topics
-from shared.protocol.delivery import encode_chunk
+from shared.protocol.codec import encode_chunk
 from shared.protocol.messages import UpdateOutcome
 
 __all__ = ["PublishSession", "resend_window"]

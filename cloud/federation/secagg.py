@@ -43,7 +43,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
@@ -73,7 +73,32 @@ from shared.compression import float32_nbytes
 from shared.errors import ConfigError
 
 if TYPE_CHECKING:
-    from cloud.federation.server import FederationRunner
+    from cloud.federation.plan import FederationPlan
+
+from flwr.app import ConfigRecord, MetricRecord
+
+
+class FederationRunner(Protocol):
+    """What the secure workflow needs of the run it drives.
+
+    :class:`cloud.federation.server.FederationRunner` provides it; a Protocol here keeps
+    this module from importing the server (which imports this one to build the app).
+    """
+
+    plan: FederationPlan
+    initial: ArrayRecord
+    traffic: dict[int, RoundTraffic]
+    error: BaseException | None
+
+    def train_config(self, server_round: int = 1) -> ConfigRecord:
+        """The round's training configuration."""
+
+    def evaluate(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        """Evaluate the round's global model and record it."""
+
+    def finish(self) -> Any:
+        """Close the run; returns its result."""
+
 
 log = logging.getLogger(__name__)
 

@@ -19,14 +19,9 @@ from collections.abc import Callable
 from edge.updater.install import Download, InstallSteps, reason_code
 from edge.updater.state import UpdaterState
 from shared.errors import FedgeError, ProtocolError
-from shared.protocol.delivery import (
-    Command,
-    CommandAction,
-    CommandMessage,
-    decode_delivery_as,
-    verify_command,
-)
-from shared.protocol.messages import UpdateOutcome
+from shared.protocol.codec import decode_message_as
+from shared.protocol.commands import Command, CommandAction, verify_command
+from shared.protocol.messages import CommandMessage, UpdateOutcome
 
 __all__ = ["CommandSteps", "NotDownloadingError"]
 
@@ -57,7 +52,7 @@ class CommandSteps(InstallSteps):
         """A payload from ``devices/{id}/cmd`` or ``groups/{g}/cmd``: verify, then run it."""
         self._expire_overdue()  # D2: report_missing must not revive an expired download
         try:
-            message = decode_delivery_as(payload, CommandMessage)  # C1
+            message = decode_message_as(payload, CommandMessage)  # C1
             command = verify_command(  # K1-K6
                 message.envelope,
                 self._trust,  # T6: the newest revocation list verified, already in force

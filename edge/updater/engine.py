@@ -69,15 +69,9 @@ from shared.errors import (
     RevokedKeyError,
     RollbackAttackError,
 )
-from shared.protocol.delivery import (
-    ManifestMessage,
-    ResendRequest,
-    decode_chunk,
-    decode_delivery_as,
-    encode_delivery,
-)
-from shared.protocol.delivery_topics import artifact_chunks, device_requests
-from shared.protocol.messages import UpdateInfo, UpdateOutcome
+from shared.protocol.codec import decode_chunk, decode_message_as, encode_message
+from shared.protocol.messages import ManifestMessage, ResendRequest, UpdateInfo, UpdateOutcome
+from shared.protocol.topics import artifact_chunks, device_requests
 
 __all__ = ["Activate", "UpdateReport", "Updater", "UpdaterLink"]
 
@@ -285,7 +279,7 @@ class Updater(CommandSteps):
         self._expire_overdue()  # D2: a stalled download no longer blocks this manifest
         self._judged = None
         try:
-            message = decode_delivery_as(payload, ManifestMessage)
+            message = decode_message_as(payload, ManifestMessage)
             self._start_download(message.envelope, resumed=False)
         except (FedgeError, OSError) as exc:
             logger.warning("manifest refused: %s", _code(exc))
@@ -381,7 +375,7 @@ class Updater(CommandSteps):
             artifact_id=dl.manifest.artifact_id,
             missing=missing,
         )
-        self._link.publish(device_requests(self.device_id), encode_delivery(request))
+        self._link.publish(device_requests(self.device_id), encode_message(request))
         dl.last_progress = self._now()
         dl.asks += 1
         dl.retry_after = self._backoff(dl.asks)

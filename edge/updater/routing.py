@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from edge.updater.engine import Updater
 from shared.errors import ProtocolError
 from shared.protocol import topics
-from shared.protocol.delivery_topics import parse_chunk_topic
+from shared.protocol.topics import parse_chunk_topic
 
 __all__ = ["dispatch"]
 

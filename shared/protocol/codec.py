@@ -1,6 +1,8 @@
 """Bytes ↔ message, bounded: the only place payloads are serialised or parsed.
 
-Payloads are compact UTF-8 JSON. Both directions enforce :data:`MAX_PAYLOAD_BYTES`
+JSON payloads (every :data:`~shared.protocol.messages.Message`) are compact UTF-8 JSON;
+artifact chunks are binary (:func:`encode_chunk`, :func:`decode_chunk`). Both directions
+enforce :data:`MAX_PAYLOAD_BYTES`
 (under the 128 KB payload limit of AWS IoT and EMQX defaults), and decoding checks the
 size *before* parsing so a hostile publisher cannot make a device parse megabytes.
 Any bytes in give a message or a :class:`~shared.errors.ProtocolError`, never another
@@ -13,10 +15,22 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from shared.artifacts.chunking import (
+    SealedChunk,
+    sealed_chunk_from_bytes,
+    sealed_chunk_to_bytes,
+)
 from shared.errors import ProtocolError
 from shared.protocol.messages import Message
 
-__all__ = ["MAX_PAYLOAD_BYTES", "decode_message", "decode_message_as", "encode_message"]
+__all__ = [
+    "MAX_PAYLOAD_BYTES",
+    "decode_chunk",
+    "decode_message",
+    "decode_message_as",
+    "encode_chunk",
+    "encode_message",
+]
 
 MAX_PAYLOAD_BYTES = 128_000
 """Largest payload fedge sends or accepts (< 128 KB = 128,000 bytes, < 128 KiB)."""
@@ -89,3 +103,17 @@ def decode_message_as(data: bytes | bytearray | memoryview, cls: type[M]) -> M:
             f"expected a {cls.__name__}, got kind {getattr(message, 'kind', '?')!r}"
         )
     return message
+
+
+def encode_chunk(chunk: SealedChunk) -> bytes:
+    """Binary chunk message (layout in :mod:`shared.artifacts.chunking`, §5)."""
+    return sealed_chunk_to_bytes(chunk)
+
+
+def decode_chunk(data: bytes | bytearray | memoryview) -> SealedChunk:
+    """Parse a binary chunk message (size checked first).
+
+    Raises:
+        ProtocolError: not bytes, too large, or not a well-formed chunk (C1-C3).
+    """
+    return sealed_chunk_from_bytes(_check_bytes(data))

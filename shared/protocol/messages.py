@@ -9,7 +9,10 @@ Every message carries:
   :class:`shared.protocol.dedupe.Deduplicator`);
 * ``device_id`` and ``sent_at`` (Unix seconds, passed in by the caller: no clock here).
 
-To add a message (manifest, chunk, command, ...): subclass :class:`_Envelope` with a
+Artifact chunks are binary, not JSON (:func:`shared.protocol.codec.encode_chunk`): base64
+would cost a third more bytes on the largest messages.
+
+To add a message: subclass :class:`_Envelope` with a
 ``kind: Literal[MessageKind.X]`` field, add the kind to :class:`MessageKind` and the class to
 the :data:`Message` union. Unknown kinds are rejected by the codec, never guessed.
 """
@@ -22,14 +25,20 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.artifacts.manifest import MAX_CHUNKS
+from shared.artifacts.trust import Envelope
+from shared.identifiers import DeviceIdField
 from shared.precision import Precision
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "CommandMessage",
     "DeviceState",
     "LatencyStats",
+    "ManifestMessage",
     "Message",
     "MessageKind",
+    "ResendRequest",
     "ServingInfo",
     "StatusMessage",
     "TelemetryMessage",
@@ -40,8 +49,6 @@ __all__ = [
 
 PROTOCOL_VERSION = 1
 
-_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
-DeviceIdField = Annotated[str, Field(pattern=_ID)]
 MsgIdField = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{8,64}$")]
 VersionField = Annotated[str, Field(min_length=1, max_length=128)]
 VersionNumber = Annotated[int, Field(ge=0, le=2**53)]
@@ -57,10 +64,13 @@ def new_msg_id() -> str:
 
 
 class MessageKind(StrEnum):
-    """Discriminator values of every message on the wire."""
+    """Discriminator values of every JSON message on the wire."""
 
-    STATUS = "status"
-    TELEMETRY = "telemetry"
+    STATUS = "status"  # device → cloud, retained
+    TELEMETRY = "telemetry"  # device → cloud
+    RESEND_REQUEST = "resend_request"  # device → cloud
+    MANIFEST = "manifest"  # cloud → device, retained
+    COMMAND = "command"  # cloud → device or group
 
 
 class DeviceState(StrEnum):
@@ -228,5 +238,33 @@ class TelemetryMessage(_Envelope):
     supernode_restarts: Count | None = None
 
 
-Message = Annotated[StatusMessage | TelemetryMessage, Field(discriminator="kind")]
-"""Any fedge wire message; pydantic dispatches on ``kind``."""
+class ManifestMessage(_Envelope):
+    """Retained on ``devices/{id}/manifest``: the signed manifest this device should run."""
+
+    kind: Literal[MessageKind.MANIFEST] = MessageKind.MANIFEST
+    envelope: Envelope
+
+
+class CommandMessage(_Envelope):
+    """On ``devices/{id}/cmd`` or ``groups/{g}/cmd``: a signed command
+    (:mod:`shared.protocol.commands`)."""
+
+    kind: Literal[MessageKind.COMMAND] = MessageKind.COMMAND
+    envelope: Envelope
+
+
+class ResendRequest(_Envelope):
+    """On ``devices/{id}/requests``: the chunks a device is still missing (§7)."""
+
+    kind: Literal[MessageKind.RESEND_REQUEST] = MessageKind.RESEND_REQUEST
+    artifact_id: ArtifactIdField
+    missing: tuple[Annotated[int, Field(ge=0, lt=MAX_CHUNKS)], ...] = Field(
+        min_length=1, max_length=MAX_CHUNKS
+    )
+
+
+Message = Annotated[
+    StatusMessage | TelemetryMessage | ResendRequest | ManifestMessage | CommandMessage,
+    Field(discriminator="kind"),
+]
+"""Any fedge JSON wire message; pydantic dispatches on ``kind``."""

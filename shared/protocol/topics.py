@@ -42,6 +42,7 @@ __all__ = [
     "device_status",
     "device_telemetry",
     "group_cmd",
+    "parse_chunk_topic",
     "parse_device_topic",
     "route",
     "validate_segment",
@@ -199,6 +200,18 @@ def route(topic: str) -> Route:
     if len(rest) == 3 and rest[0] == "groups" and rest[2] == "cmd":
         return Route(TopicKind.GROUP_CMD, group=validate_segment(rest[1], what="group"))
     raise ProtocolError(f"not a fedge topic: {topic[:80]!r}")
+
+
+def parse_chunk_topic(topic: str) -> tuple[str, int]:
+    """``(artifact_id, index)`` of a chunk topic (by :func:`route`).
+
+    Raises:
+        ProtocolError: any other topic.
+    """
+    parsed = route(topic)
+    if parsed.kind is not TopicKind.CHUNK or parsed.artifact_id is None or parsed.index is None:
+        raise ProtocolError("not a chunk topic")
+    return parsed.artifact_id, parsed.index
 
 
 def parse_device_topic(topic: str) -> DeviceTopic:

@@ -14,9 +14,9 @@ from cryptography import x509
 from typer.testing import CliRunner
 
 from cloud.broker import render_acl, write_broker_config
-from cloud.broker_cli import broker_app
+from cloud.cli.broker import broker_app
+from cloud.cli.keys import keys_app
 from cloud.keys import COORDINATOR_USER, MONITOR_USER, DeviceRecord, KeyHome
-from cloud.keys_cli import keys_app
 from edge.keystore import load_device_keys
 from shared.artifacts import ArtifactBuilder, Precision, sign_manifest, verify_manifest
 from shared.crypto.tls import cert_common_name, cert_serial

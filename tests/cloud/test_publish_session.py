@@ -22,10 +22,10 @@ from cloud.registry import ArtifactStatus, Registry, VersionSource
 from cloud.registry.registry import NewArtifact
 from shared.artifacts.manifest import manifest_from_bytes
 from shared.protocol import topics
-from shared.protocol.codec import encode_message
-from shared.protocol.delivery import ManifestMessage, decode_delivery_as
+from shared.protocol.codec import decode_message_as, encode_message
 from shared.protocol.messages import (
     DeviceState,
+    ManifestMessage,
     ServingInfo,
     StatusMessage,
     UpdateInfo,
@@ -74,7 +74,7 @@ class FakeDevice:
         self.broker.publish(self.device_id, topic, self.status(), retain=True)
 
     def _on_message(self, msg: Incoming) -> None:
-        envelope = decode_delivery_as(msg.payload, ManifestMessage).envelope
+        envelope = decode_message_as(msg.payload, ManifestMessage).envelope
         m = manifest_from_bytes(envelope.payload_bytes())
         self.manifests.append(m.artifact_id)
         topic = topics.device_status(self.device_id)

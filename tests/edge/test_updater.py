@@ -29,12 +29,8 @@ from shared.artifacts import (
     unwrap_content_key,
 )
 from shared.crypto import SigningKey, encrypt
-from shared.protocol.delivery import (
-    ResendRequest,
-    decode_delivery_as,
-    encode_chunk,
-)
-from shared.protocol.messages import UpdateOutcome
+from shared.protocol.codec import decode_message_as, encode_chunk
+from shared.protocol.messages import ResendRequest, UpdateOutcome
 from tests.helpers.deltas import NEW_VERSION
 from tests.helpers.release import NOW, Fleet, artifact
 from tests.helpers.updater import (  # shared with tests/security/test_attacks.py
@@ -127,7 +123,7 @@ def test_resume_after_restart_asks_only_for_missing(device: Device, v2: Release)
     device.updater.tick()
     topic, payload = device.link.published[-1]
     assert topic == "fedge/v1/devices/dev-a/requests"
-    request = decode_delivery_as(payload, ResendRequest)
+    request = decode_message_as(payload, ResendRequest)
     assert request.missing == expected and request.artifact_id == v2.manifest.artifact_id
     for i in expected:
         device.updater.handle_chunk(encode_chunk(v2.chunks[i]))

@@ -15,18 +15,10 @@ import pytest
 from edge.updater import Slot
 from shared.artifacts import Release, Role
 from shared.crypto import SigningKey
-from shared.protocol.delivery import (
-    Command,
-    CommandAction,
-    CommandMessage,
-    ResendRequest,
-    decode_delivery_as,
-    encode_chunk,
-    encode_delivery,
-    sign_command,
-)
-from shared.protocol.delivery_topics import device_requests
-from shared.protocol.messages import UpdateOutcome
+from shared.protocol.codec import decode_message_as, encode_chunk, encode_message
+from shared.protocol.commands import Command, CommandAction, sign_command
+from shared.protocol.messages import CommandMessage, ResendRequest, UpdateOutcome
+from shared.protocol.topics import device_requests
 from tests.edge.test_updater import (  # noqa: F401  (fixtures)
     V1,
     V2,
@@ -59,7 +51,7 @@ def command_payload(
         key or fleet.coordinator,
         certificate=certificate or fleet.coordinator_cert,  # type: ignore[arg-type]
     )
-    return encode_delivery(CommandMessage(device_id="dev-a", sent_at=NOW, envelope=env))
+    return encode_message(CommandMessage(device_id="dev-a", sent_at=NOW, envelope=env))
 
 
 @pytest.fixture()
@@ -101,17 +93,17 @@ def _forged(fleet: Fleet) -> bytes:
 
 def _unsigned(fleet: Fleet) -> bytes:
     """A well-formed envelope whose signature is all zeros."""
-    env = decode_delivery_as(command_payload(fleet), CommandMessage).envelope
+    env = decode_message_as(command_payload(fleet), CommandMessage).envelope
     env = env.model_copy(update={"sig": base64.b64encode(bytes(64)).decode()})
-    return encode_delivery(CommandMessage(device_id="dev-a", sent_at=NOW, envelope=env))
+    return encode_message(CommandMessage(device_id="dev-a", sent_at=NOW, envelope=env))
 
 
 def _swapped(fleet: Fleet) -> bytes:
     """The signature of one command over another command's payload."""
-    good = decode_delivery_as(command_payload(fleet), CommandMessage).envelope
-    other = decode_delivery_as(command_payload(fleet, device_id="dev-b"), CommandMessage).envelope
+    good = decode_message_as(command_payload(fleet), CommandMessage).envelope
+    other = decode_message_as(command_payload(fleet, device_id="dev-b"), CommandMessage).envelope
     env = good.model_copy(update={"payload": other.payload, "sig": good.sig})
-    return encode_delivery(CommandMessage(device_id="dev-a", sent_at=NOW, envelope=env))
+    return encode_message(CommandMessage(device_id="dev-a", sent_at=NOW, envelope=env))
 
 
 ATTACKS: dict[str, tuple[Callable[[Fleet], bytes], str]] = {
@@ -219,7 +211,7 @@ def test_report_missing_sends_a_resend_request_now(device: Device, v2: Release) 
     )
     [(topic, payload)] = device.link.published  # no quiet period
     assert topic == device_requests("dev-a")
-    assert decode_delivery_as(payload, ResendRequest).missing == (0,)
+    assert decode_message_as(payload, ResendRequest).missing == (0,)
 
 
 def test_report_missing_without_a_download_is_refused(device: Device) -> None:

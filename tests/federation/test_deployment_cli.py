@@ -28,10 +28,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from cloud.cli.federate import register
 from cloud.config import Settings
 from cloud.data import load_dataset
 from cloud.data.datasets import stratified_split
-from cloud.federation.cli import register
 from cloud.federation.partition import partition
 from cloud.federation.superlink import free_port
 from cloud.keys import KeyHome

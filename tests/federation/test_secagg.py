@@ -204,7 +204,7 @@ def test_cli_refuses_secagg_with_a_robust_strategy() -> None:
     import typer
     from typer.testing import CliRunner
 
-    from cloud.federation.cli import register
+    from cloud.cli.federate import register
 
     app = typer.Typer()
     register(app)

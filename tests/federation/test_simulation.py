@@ -11,7 +11,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from cloud.federation.cli import register
+from cloud.cli.federate import register
 from cloud.federation.plan import FederationPlan, RoundReport
 from cloud.federation.simulation import run_simulated_federation
 from cloud.registry import Registry, VersionSource

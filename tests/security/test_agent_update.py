@@ -35,7 +35,7 @@ from cloud.registry import ArtifactStatus, Registry, VersionSource
 from cloud.registry.registry import NewArtifact
 from shared.protocol import topics
 from shared.protocol.codec import decode_message
-from shared.protocol.delivery import CommandAction
+from shared.protocol.commands import CommandAction
 from shared.protocol.messages import DeviceState, StatusMessage, UpdateOutcome
 from tests.helpers.models import BuiltModels
 from tests.helpers.mosquitto import free_port

@@ -67,8 +67,8 @@ from shared.errors import (
     WrongRecipientError,
 )
 from shared.protocol import topics as t
-from shared.protocol.delivery import ManifestMessage, encode_chunk, encode_delivery
-from shared.protocol.messages import UpdateOutcome
+from shared.protocol.codec import encode_chunk, encode_message
+from shared.protocol.messages import ManifestMessage, UpdateOutcome
 from tests.helpers.release import NOW, Fleet, artifact
 from tests.helpers.updater import Device, snapshot
 
@@ -84,7 +84,7 @@ FAILED, REJECTED = UpdateOutcome.FAILED, UpdateOutcome.CHUNK_REJECTED
 
 def send_manifest(dev: Device, envelope: Envelope) -> None:
     """A ManifestMessage on ``fedge/v1/devices/dev-a/manifest``, routed as the agent does."""
-    payload = encode_delivery(ManifestMessage(device_id=DEV, sent_at=NOW, envelope=envelope))
+    payload = encode_message(ManifestMessage(device_id=DEV, sent_at=NOW, envelope=envelope))
     assert dispatch(dev.updater, t.device_manifest(DEV), payload, device_id=DEV, groups=())
 
 

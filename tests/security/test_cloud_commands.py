@@ -10,7 +10,7 @@ import pytest
 from cloud.deployment.commands import build_command, next_seq
 from cloud.keys import KeyHome
 from shared.errors import NotFoundError
-from shared.protocol.delivery import CommandAction, verify_command
+from shared.protocol.commands import CommandAction, verify_command
 
 
 @pytest.fixture(scope="module")

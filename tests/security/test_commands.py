@@ -14,7 +14,7 @@ from shared.errors import (
     UntrustedKeyError,
     WrongRecipientError,
 )
-from shared.protocol.delivery import Command, CommandAction, sign_command, verify_command
+from shared.protocol.commands import Command, CommandAction, sign_command, verify_command
 from tests.helpers.release import NOW, Fleet
 
 

@@ -37,9 +37,14 @@ from shared.artifacts import ArtifactBuilder, Encoding, chunk_ad, sign_manifest,
 from shared.crypto import encrypt
 from shared.errors import NotDeployableError
 from shared.protocol import topics
-from shared.protocol.codec import decode_message_as, encode_message
-from shared.protocol.delivery import ManifestMessage, encode_chunk, encode_delivery
-from shared.protocol.messages import DeviceState, ServingInfo, StatusMessage, UpdateOutcome
+from shared.protocol.codec import decode_message_as, encode_chunk, encode_message
+from shared.protocol.messages import (
+    DeviceState,
+    ManifestMessage,
+    ServingInfo,
+    StatusMessage,
+    UpdateOutcome,
+)
 from tests.helpers.models import BuiltModels
 from tests.helpers.mosquitto import free_port
 from tests.security.conftest import Client, FleetBroker, connect
@@ -255,7 +260,7 @@ def test_tampered_chunk_on_the_wire_is_rejected(world: World, models: BuiltModel
     coord = connect(world.broker, COORDINATOR_USER)
     try:
         message = ManifestMessage(device_id="dev-a", sent_at=time.time(), envelope=env)
-        coord.publish(topics.device_manifest("dev-a"), encode_delivery(message), retain=True)
+        coord.publish(topics.device_manifest("dev-a"), encode_message(message), retain=True)
         world.wait_report("dev-a", UpdateOutcome.DOWNLOADING)
         time.sleep(0.3)  # let the chunk subscription settle
         coord.publish(topics.artifact_chunk(m.artifact_id, 0), encode_chunk(forged))

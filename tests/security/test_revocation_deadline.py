@@ -16,9 +16,9 @@ import pytest
 from shared.artifacts import Envelope, Release, RevocationList, sign_revocations
 from shared.crypto import SigningKey
 from shared.errors import ConfigError
-from shared.protocol.delivery import ResendRequest, decode_delivery_as, encode_chunk
-from shared.protocol.delivery_topics import artifact_chunks
-from shared.protocol.messages import UpdateOutcome
+from shared.protocol.codec import decode_message_as, encode_chunk
+from shared.protocol.messages import ResendRequest, UpdateOutcome
+from shared.protocol.topics import artifact_chunks
 from tests.edge.test_updater import (  # noqa: F401  (fixtures)
     CHUNK,
     V1,
@@ -91,7 +91,7 @@ def test_revoked_coordinator_key_refused_while_the_download_stalls(
     twin.updater.handle_command(cmd)
     assert twin.updater.state.command_seq == 10
     [(_, request)] = twin.link.published
-    assert decode_delivery_as(request, ResendRequest).artifact_id == v2.manifest.artifact_id
+    assert decode_message_as(request, ResendRequest).artifact_id == v2.manifest.artifact_id
 
     revs = revocations(fleet, fleet.coordinator)
     device.updater.handle_manifest(carrying(fleet, v2, revs))

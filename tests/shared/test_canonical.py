@@ -54,7 +54,7 @@ from shared.errors import (
     ProtocolError,
     SecurityError,
 )
-from shared.protocol.delivery import Command, CommandAction, verify_command
+from shared.protocol.commands import Command, CommandAction, verify_command
 from tests.helpers.release import HW, NOW, Fleet, artifact
 
 NON_CANONICAL = "non_canonical_payload"

@@ -21,25 +21,17 @@ from shared.artifacts import (
 from shared.artifacts.canonical import canonical_json, pae
 from shared.artifacts.chunking import MAX_CHUNK_MESSAGE_BYTES
 from shared.errors import NonCanonicalPayloadError, ProtocolError, RollbackAttackError
-from shared.protocol.delivery import (
-    MAX_DELIVERY_BYTES,
-    Command,
-    CommandAction,
-    CommandMessage,
-    ManifestMessage,
-    ResendRequest,
+from shared.protocol.codec import (
+    MAX_PAYLOAD_BYTES,
     decode_chunk,
-    decode_delivery,
-    decode_delivery_as,
+    decode_message,
+    decode_message_as,
     encode_chunk,
-    encode_delivery,
-    sign_command,
+    encode_message,
 )
-from shared.protocol.delivery_topics import (
-    artifact_chunk,
-    device_requests,
-    parse_chunk_topic,
-)
+from shared.protocol.commands import Command, CommandAction, sign_command
+from shared.protocol.messages import CommandMessage, ManifestMessage, ResendRequest
+from shared.protocol.topics import artifact_chunk, device_requests, parse_chunk_topic
 from tests.helpers.deltas import NEW_VERSION
 from tests.helpers.release import HW, NOW, Fleet, artifact
 
@@ -114,9 +106,9 @@ def test_signed_manifest_message_fits_mqtt_limit_with_many_devices(fleet: Fleet)
     big = Fleet(devices={f"dev-{i:03d}": fleet.devices["dev-a"] for i in range(200)})
     release = big.build(artifact(600_000), 2, chunk_size=64 * 1024)
     msg = ManifestMessage(device_id="dev-001", sent_at=NOW, envelope=big.sign(release.manifest))
-    data = encode_delivery(msg)
-    assert len(data) < MAX_DELIVERY_BYTES
-    assert decode_delivery_as(data, ManifestMessage) == msg
+    data = encode_message(msg)
+    assert len(data) < MAX_PAYLOAD_BYTES
+    assert decode_message_as(data, ManifestMessage) == msg
     assert all(len(encode_chunk(c)) <= MAX_CHUNK_MESSAGE_BYTES < 128_000 for c in release.chunks)
 
 
@@ -136,11 +128,11 @@ def test_command_and_resend_roundtrip(fleet: Fleet) -> None:
     )
     env = sign_command(cmd, fleet.coordinator, certificate=fleet.coordinator_cert)
     msg = CommandMessage(device_id="dev-a", sent_at=NOW, envelope=env)
-    assert decode_delivery(encode_delivery(msg)) == msg
+    assert decode_message(encode_message(msg)) == msg
     req = ResendRequest(device_id="dev-a", sent_at=NOW, artifact_id="0" * 32, missing=(1, 7))
-    assert decode_delivery_as(encode_delivery(req), ResendRequest) == req
+    assert decode_message_as(encode_message(req), ResendRequest) == req
     with pytest.raises(ProtocolError):
-        decode_delivery_as(encode_delivery(req), ManifestMessage)
+        decode_message_as(encode_message(req), ManifestMessage)
     with pytest.raises(ValueError):
         Command(action=CommandAction.ROLLBACK, seq=1, issued_at=NOW, expires=NOW + 1)
 
@@ -158,9 +150,9 @@ def test_topics() -> None:
 
 def test_oversized_and_empty_payloads_are_refused() -> None:
     with pytest.raises(ProtocolError):
-        decode_delivery(b"{" * (MAX_DELIVERY_BYTES + 1))
+        decode_message(b"{" * (MAX_PAYLOAD_BYTES + 1))
     with pytest.raises(ProtocolError):
-        decode_delivery(b"")
+        decode_message(b"")
     with pytest.raises(ProtocolError):
         decode_chunk(b"FDC1" + bytes(MAX_CHUNK_MESSAGE_BYTES))
 
@@ -168,7 +160,7 @@ def test_oversized_and_empty_payloads_are_refused() -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=400))
 def test_decoders_any_bytes_give_typed_errors(data: bytes) -> None:
-    for decode in (decode_delivery, decode_chunk, manifest_from_bytes):
+    for decode in (decode_message, decode_chunk, manifest_from_bytes):
         with contextlib.suppress(ProtocolError, NonCanonicalPayloadError):
             decode(data)
 
@@ -185,7 +177,7 @@ def test_decoders_any_bytes_give_typed_errors(data: bytes) -> None:
 def test_decode_delivery_any_json_gives_typed_errors(value: object, kind: str) -> None:
     doc = value if not isinstance(value, dict) else value | {"kind": kind}
     with contextlib.suppress(ProtocolError):
-        decode_delivery(json.dumps(doc).encode())
+        decode_message(json.dumps(doc).encode())
 
 
 @settings(max_examples=100, deadline=None)

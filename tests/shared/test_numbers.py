@@ -18,9 +18,9 @@ from shared.artifacts import ArtifactAssembler
 from shared.errors import ConfigError, ProtocolError
 from shared.numbers import parse_ascii_uint
 from shared.protocol import topics
-from shared.protocol.delivery import ManifestMessage, encode_chunk, encode_delivery
-from shared.protocol.delivery_topics import artifact_chunk, parse_chunk_topic
-from shared.protocol.messages import UpdateOutcome
+from shared.protocol.codec import encode_chunk, encode_message
+from shared.protocol.messages import ManifestMessage, UpdateOutcome
+from shared.protocol.topics import artifact_chunk, parse_chunk_topic
 from tests.helpers.release import HW, NOW, Fleet, artifact
 
 #: Characters for which str.isdigit()/isdecimal() or int() say "digit" but are not ASCII.
@@ -180,7 +180,7 @@ def test_dispatch_survives_unicode_digit_chunk_topic(tmp_path: Path) -> None:
         now=lambda: float(NOW),
     )
     env = fleet.sign(release.manifest.for_devices(["dev-a"]))
-    manifest = encode_delivery(ManifestMessage(device_id="dev-a", sent_at=NOW, envelope=env))
+    manifest = encode_message(ManifestMessage(device_id="dev-a", sent_at=NOW, envelope=env))
 
     def send(topic: str, payload: bytes) -> bool:
         return dispatch(updater, topic, payload, device_id="dev-a", groups=())

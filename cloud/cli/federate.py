@@ -1,6 +1,6 @@
 """``fedge cloud federate``: federated learning on Flower's Simulation or Deployment Engine.
 
-Wire it with ``from cloud.federation.cli import register; register(cloud_app)`` in
+Wire it with ``from cloud.cli.federate import register; register(cloud_app)`` in
 ``cloud/cli.py``. Heavy imports (torch, Flower, Ray) happen inside the command so
 ``fedge --help`` stays instant.
 """
@@ -80,7 +80,7 @@ def federate_cmd(
     json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
     """Run R federated rounds over N simulated devices; store every round in the registry."""
-    from cloud.cli import cli_errors, emit_json, err_console, open_registry, out_console
+    from cloud.cli.common import cli_errors, emit_json, err_console, open_registry, out_console
     from cloud.federation.plan import FederationPlan, RoundReport
     from cloud.federation.simulation import run_simulated_federation
     from cloud.federation.strategies import Participation

@@ -7,14 +7,12 @@ Exit code 0 when every device committed, 1 when any failed or timed out, 2 on an
 from __future__ import annotations
 
 import contextlib
-import json
-import sys
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from shared.errors import FedgeError
+from cloud.cli.common import cli_errors, emit_json
 
 if TYPE_CHECKING:
     from cloud.deployment.report import PublishReport
@@ -48,7 +46,7 @@ def publish_cmd(
     from cloud.keys import KeyHome
     from cloud.registry import Registry
 
-    try:
+    with cli_errors():
         host, port = parse_broker(broker)
         settings = Settings()
         home = KeyHome(settings.home / "keys")
@@ -62,11 +60,8 @@ def publish_cmd(
                 )
         finally:
             registry.close()
-    except FedgeError as exc:
-        typer.echo(f"error ({exc.code}): {exc.message}", err=True)
-        raise typer.Exit(2) from exc
     if json_out:
-        sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
+        emit_json(report.to_dict())
     else:
         for result in report.devices.values():
             reason = f" ({result.reason})" if result.reason else ""

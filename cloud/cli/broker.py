@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cloud.keys_cli import JsonFlag, cli_errors, emit, key_home
+from cloud.cli.common import JsonFlag, cli_errors, emit, key_home
 
 __all__ = ["broker_app", "broker_files"]
 

@@ -6,58 +6,32 @@ and an edge-only install can still run ``fedge edge …``.
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar, cast
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from cloud.cli.common import (
+    JsonFlag,
+    cli_errors,
+    emit_json,
+    err_console,
+    open_registry,
+    out_console,
+)
 from cloud.config import Settings
-from shared.errors import FedgeError
 
 log = logging.getLogger(__name__)
-err_console = Console(stderr=True)
-out_console = Console()
 
 cloud_app = typer.Typer(
     help="Coordinator: train, quantize and federate models.", no_args_is_help=True
 )
 models_app = typer.Typer(help="Inspect the model registry.", no_args_is_help=True)
 
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 T = TypeVar("T")
-
-
-@contextmanager
-def cli_errors() -> Iterator[None]:
-    """Turn fedge errors into a one-line message and exit code 2; Ctrl-C into exit 130."""
-    try:
-        yield
-    except FedgeError as exc:
-        # Plain text, never wrapped: scripts grep for it.
-        typer.echo(f"error ({exc.code}): {exc.message}", err=True)
-        raise typer.Exit(2) from exc
-    except KeyboardInterrupt:
-        err_console.print("interrupted; nothing was saved by the interrupted step")
-        raise typer.Exit(130) from None
-
-
-def open_registry(settings: Settings | None = None) -> Any:
-    """Open the registry of the current settings (imported lazily: it pulls SQLAlchemy)."""
-    from cloud.registry import Registry
-
-    return Registry.from_settings(settings or Settings())
-
-
-def emit_json(payload: Any) -> None:
-    """Print a JSON document on stdout (the only thing on stdout in ``--json`` mode)."""
-    sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
 
 
 def _with_registry(fn: Callable[[Any], T]) -> T:

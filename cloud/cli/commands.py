@@ -7,14 +7,12 @@ answer in time, 2 on an error (unknown device, broker unreachable, bad key home)
 
 from __future__ import annotations
 
-import json
-import sys
 from typing import Annotated
 
 import typer
 
-from shared.errors import FedgeError
-from shared.protocol.delivery import CommandAction
+from cloud.cli.common import cli_errors, emit_json
+from shared.protocol.commands import CommandAction
 
 __all__ = ["command_cmd", "register", "rollback_cmd"]
 
@@ -36,7 +34,7 @@ def _run(
     from cloud.deployment.link import parse_broker
     from cloud.keys import KeyHome
 
-    try:
+    with cli_errors():
         host, port = parse_broker(broker)
         home = KeyHome(Settings().home / "keys")
         result = send_command(
@@ -49,11 +47,8 @@ def _run(
             artifact_id=artifact_id,
             timeout_s=timeout,
         )
-    except FedgeError as exc:
-        typer.echo(f"error ({exc.code}): {exc.message}", err=True)
-        raise typer.Exit(2) from exc
     if json_out:
-        sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
+        emit_json(result.to_dict())
     else:
         reason = f" ({result.reason})" if result.reason else ""
         version = f" v{result.version}" if result.version else ""

@@ -7,28 +7,20 @@ so it never appears in shell history or ``ps``.
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from shared.errors import FedgeError
+from cloud.cli.common import JsonFlag, cli_errors, emit, key_home
 
-__all__ = ["cli_errors", "emit", "key_home", "keys_app"]
-
-err_console = Console(stderr=True)
-out_console = Console()
+__all__ = ["keys_app"]
 
 keys_app = typer.Typer(
     help="Root, release and coordinator keys; device enrollment.", no_args_is_help=True
 )
 
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 PassEnv = Annotated[
     str,
     typer.Option(
@@ -40,33 +32,6 @@ RootKey = Annotated[
     Path | None,
     typer.Option("--root-key", help="Root private key file, if moved offline."),
 ]
-
-
-def key_home() -> Any:
-    """The key home of the current settings: ``$FEDGE_HOME/keys``."""
-    from cloud.config import Settings
-    from cloud.keys import KeyHome
-
-    return KeyHome(Settings().home / "keys")
-
-
-@contextmanager
-def cli_errors() -> Iterator[None]:
-    """Turn fedge errors into a one-line message and exit code 2."""
-    try:
-        yield
-    except FedgeError as exc:
-        err_console.print(f"[bold red]error[/] ({exc.code}): {exc.message}", highlight=False)
-        raise typer.Exit(2) from exc
-
-
-def emit(result: dict[str, Any], as_json: bool) -> None:
-    """Print ``result`` as JSON or as ``key: value`` lines."""
-    if as_json:
-        print(json.dumps(result, sort_keys=True))
-        return
-    for k, v in result.items():
-        out_console.print(f"[bold]{k}[/]: {v}", highlight=False)
 
 
 def _passphrase(env: str) -> bytes | None:
@@ -169,7 +134,7 @@ def revoke_device(
 ) -> None:
     """Revoke a device: drop it from the ACL, add its certificate to the CRL, cut its
     live session and SIGHUP a running broker."""
-    from cloud.broker_cli import broker_files
+    from cloud.cli.broker import broker_files
     from shared.identifiers import IdentifierKind, check_identifier
 
     with cli_errors():
