@@ -64,8 +64,9 @@ from paho.mqtt.properties import Properties
 from cloud.keyfiles import write_private, write_public
 from cloud.keys import COORDINATOR_USER, MONITOR_USER, DeviceRecord, KeyHome
 from shared.crypto.tls import make_crl
-from shared.errors import ConfigError, ReservedNameError
+from shared.errors import ConfigError, ProtocolError, ReservedNameError
 from shared.identifiers import IdentifierKind, check_identifier, is_reserved
+from shared.numbers import parse_ascii_uint
 
 __all__ = [
     "BrokerFiles",
@@ -259,8 +260,9 @@ def _is_mosquitto(pid: int) -> bool:
 
 def _broker_pid(files: BrokerFiles) -> int | None:
     try:
-        pid = int(files.pid.read_text().strip())
-    except (OSError, ValueError):
+        text = files.pid.read_text(encoding="ascii").strip()
+        pid = parse_ascii_uint(text, what="pid", max_value=2**22)  # N1
+    except (OSError, ValueError, ProtocolError):
         return None
     # Guard against a stale pid file whose pid now belongs to another process.
     return pid if _is_mosquitto(pid) else None

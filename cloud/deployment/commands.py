@@ -24,7 +24,8 @@ from cloud.deployment.link import CoordinatorLink, Incoming
 from cloud.deployment.publisher import select_devices
 from cloud.keyfiles import write_public
 from cloud.keys import KeyHome
-from shared.errors import ConfigError
+from shared.errors import ConfigError, ProtocolError
+from shared.numbers import parse_ascii_uint
 from shared.protocol import topics
 from shared.protocol.codec import encode_message
 from shared.protocol.commands import Command, CommandAction, sign_command
@@ -80,8 +81,9 @@ def next_seq(home: KeyHome, *, now: float | None = None) -> int:
     with path.with_name("command_seq.lock").open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         try:
-            last = int(path.read_text().strip()) if path.exists() else 0
-        except (OSError, ValueError) as exc:
+            text = path.read_text(encoding="ascii").strip() if path.exists() else "0"
+            last = parse_ascii_uint(text, what="command seq", max_value=2**63 - 1)  # N1
+        except (OSError, ValueError, ProtocolError) as exc:
             raise ConfigError(f"unreadable command sequence file {path}") from exc
         seq = max(int((time.time() if now is None else now) * 1000), last + 1)
         write_public(path, f"{seq}\n".encode())

@@ -70,12 +70,21 @@ from flwr.serverapp import Grid, ServerApp
 from cloud.federation.guard import RoundTraffic
 from cloud.federation.strategies import ROBUST, Participation, StrategyName
 from shared.compression import float32_nbytes
-from shared.errors import ConfigError
+from shared.errors import ConfigError, ProtocolError
+from shared.numbers import parse_ascii_uint
 
 if TYPE_CHECKING:
     from cloud.federation.plan import FederationPlan
 
 from flwr.app import ConfigRecord, MetricRecord
+
+
+def _round_number(group_id: str) -> int | None:
+    """The round a message's ``group_id`` names (N1: ASCII decimal), or None."""
+    try:
+        return parse_ascii_uint(group_id, what="round", max_value=2**31)
+    except ProtocolError:
+        return None
 
 
 class FederationRunner(Protocol):
@@ -202,7 +211,7 @@ class TrafficGrid(Grid):
         """Send, wait, and count bytes down/up and masked vectors received."""
         out = list(messages)
         replies = list(self.inner.send_and_receive(out, timeout=timeout))
-        rounds = {int(m.metadata.group_id) for m in out if m.metadata.group_id.isdigit()}
+        rounds = {n for m in out if (n := _round_number(m.metadata.group_id)) is not None}
         if len(rounds) != 1:  # parameter initialisation (round 0) and the like
             return replies
         traffic = self.traffic.setdefault(rounds.pop(), RoundTraffic())

@@ -35,6 +35,7 @@ from edge.learning.local import LocalTrainConfig, evaluate_local, train_local
 from edge.learning.models import LocalModelSpec, build_local_model
 from shared.compression import UPDATE_MODES, UpdateMode, encode_update
 from shared.crypto.sealed_update import seal_update
+from shared.numbers import parse_ascii_uint
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,11 @@ def model_spec(config: Mapping[str, Any]) -> LocalModelSpec:
     values must be scalars.
     """
     raw = config["input-shape"]
-    shape = [int(d) for d in raw.split(",")] if isinstance(raw, str) else cast(list[int], raw)
+    shape = (
+        [parse_ascii_uint(d, what="input-shape", max_value=1 << 20) for d in raw.split(",")]
+        if isinstance(raw, str)
+        else cast(list[int], raw)
+    )
     return LocalModelSpec(
         str(config["arch"]), tuple(int(d) for d in shape), int(cast(int, config["num-classes"]))
     )
