@@ -1,17 +1,19 @@
 """Benchmark: secure OTA delivery vs plain MQTT pub/sub, and delta vs full size, in one run.
 
 (a) For each fleet size N (``--devices 50,200``), ``--repeat`` times with fresh devices:
-    N simulated devices, each a real :class:`~edge.updater.mqtt.UpdaterClient` (own
-    enrollment bundle, own paho MQTT 5 connection with TLS client certificate + password,
-    own state directory with A/B slots, LiteRT probation), spread over ``--device-hosts``
-    processes (``benchmarks/ota_fleet.py`` says why), and the product's
+    N simulated devices, each the agent that ships, a real :class:`~edge.agent.Agent`
+    configured from its own enrollment bundle (own MQTT 5 connection with TLS client
+    certificate + password, own state directory with outbox and A/B slots, the agent's
+    LiteRT probation), spread over ``--device-hosts`` processes
+    (``benchmarks/ota_fleet.py`` says why), and the product's
     :class:`~cloud.deployment.publisher.Publisher` pushing a ~1 MB real int8 ``.tflite`` through the
     fleet's Mosquitto (the TLS + password + ACL configuration ``fedge broker config``
     writes, on loopback). Measured: seconds from the ``publish()`` call until the last
     device has *committed* (probation passed, state saved), MQTT payload bytes, and the CPU
     the device hosts and the broker spent.
 (b) Baseline, right after each protocol run: N plain paho subscribers in the same number
-    of processes (same broker, same TLS credentials, QoS 1) and one plain publisher (the
+    of processes (same broker, TLS client certificates of N enrolled ``base-…`` identities
+    of their own, QoS 1) and one plain publisher (the
     coordinator's connection class) sending the same ``.tflite`` bytes cut into chunks of
     the same size, no manifest/crypto/persistence; seconds from the first publish until
     every subscriber holds every chunk. The ratio is median protocol / median baseline.
@@ -79,12 +81,19 @@ def _bundles(ctx: dict[str, Any], devices: list[str]) -> dict[str, str]:
 def protocol_run(
     ctx: dict[str, Any], devices: list[str], ref: str, *, probation: str, profile: bool
 ) -> dict[str, Any]:
-    """Start ``devices`` as UpdaterClients in device hosts, publish ``ref``, time the fleet."""
+    """Start ``devices`` as Agents in device hosts, publish ``ref``, time the fleet."""
     from benchmarks.ota_fleet import FleetSpec, SimulatedFleet
     from cloud.deployment.publisher import Outcome, Publisher, select_devices
 
     home, port, work = ctx["home"], ctx["port"], ctx["work"]
-    spec = FleetSpec("protocol", _bundles(ctx, devices), port, work=str(work), probation=probation)
+    spec = FleetSpec(
+        "protocol",
+        _bundles(ctx, devices),
+        port,
+        work=str(work),
+        probation=probation,
+        hardware_id=HARDWARE_ID,
+    )
     with SimulatedFleet(spec, hosts=ctx["hosts"]) as fleet:
         fleet.wait_ready()
         time.sleep(1.0)  # let the manifest subscriptions settle (the manifest is retained)
@@ -150,8 +159,11 @@ def baseline_run(
     topic_id = os.urandom(16).hex()
     prefix = f"fedge/v1/artifacts/{topic_id}/chunks/"
     chunks = [artifact[i : i + chunk_size] for i in range(0, len(artifact), chunk_size)]
+    # Identities of their own: the broker binds a client id to its certificate (rule B3),
+    # so a subscriber with a device's certificate would take over that device's session.
+    subscribers = ctx["baseline_ids"][: len(devices)]
     spec = FleetSpec(
-        "baseline", _bundles(ctx, devices), port, chunk_prefix=prefix, chunk_count=len(chunks)
+        "baseline", _bundles(ctx, subscribers), port, chunk_prefix=prefix, chunk_count=len(chunks)
     )
     with SimulatedFleet(spec, hosts=ctx["hosts"]) as fleet:
         fleet.wait_ready()  # every subscriber connected and subscribed before the clock
@@ -186,8 +198,9 @@ def baseline_run(
 # --------------------------------------------------------------------------------------
 
 
-def setup_fleet(work: Path, total: int) -> dict[str, Any]:
-    """Key home, ``total`` enrolled devices, the fleet broker (TLS + passwords + ACLs)."""
+def setup_fleet(work: Path, total: int, baseline: int) -> dict[str, Any]:
+    """Key home, ``total`` enrolled devices and ``baseline`` subscriber identities, the
+    fleet broker (TLS + passwords + ACLs)."""
     import subprocess
 
     from cloud.broker import find_mosquitto, wait_listening, write_broker_config
@@ -201,12 +214,22 @@ def setup_fleet(work: Path, total: int) -> dict[str, Any]:
     for d in ids:
         home.enroll_device(d, hardware_id=HARDWARE_ID)
     enroll_s = time.perf_counter() - started
+    baseline_ids = [f"base-{i:04d}" for i in range(baseline)]
+    for b in baseline_ids:
+        home.enroll_device(b, hardware_id=HARDWARE_ID)
     port = free_port()
     files = write_broker_config(home, work / "broker", port=port)
     log = (work / "mosquitto.log").open("wb")  # keep its connection notices off the console
     proc = subprocess.Popen([str(find_mosquitto()), "-c", str(files.conf)], stderr=log)
     wait_listening(port, proc=proc)
-    return {"home": home, "port": port, "proc": proc, "ids": ids, "enroll_s": enroll_s}
+    return {
+        "home": home,
+        "port": port,
+        "proc": proc,
+        "ids": ids,
+        "baseline_ids": baseline_ids,
+        "enroll_s": enroll_s,
+    }
 
 
 def _median(values: list[float]) -> float | None:
@@ -348,8 +371,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     work.mkdir(parents=True, exist_ok=True)
     total = sum(sizes) * args.repeat
-    print(f"enrolling {total} devices, starting the fleet broker in {work}…", flush=True)
-    fleet = setup_fleet(work, total)
+    print(
+        f"enrolling {total} devices + {max(sizes)} baseline subscribers, "
+        f"starting the fleet broker in {work}…",
+        flush=True,
+    )
+    fleet = setup_fleet(work, total, max(sizes))
     registry = Registry(f"sqlite:///{work / 'reg.db'}", work / "store")
     ctx = fleet | {
         "registry": registry,
@@ -408,9 +435,11 @@ def main(argv: list[str] | None = None) -> int:
         "setup": {
             "broker": "mosquitto from `fedge broker config`: TLS (client cert) + password + ACL, "
             "persistence on, loopback; used for BOTH the protocol runs and the baselines",
-            "devices": f"one edge.updater.mqtt.UpdaterClient per device (own paho connection, "
-            f"own enrollment bundle and state dir with fsync'ed A/B slots), spread over "
-            f"{args.device_hosts} processes; the baseline's subscribers over as many",
+            "devices": f"one edge.agent.Agent per device on its own thread (configured from "
+            f"its enrollment bundle as `fedge edge run --bundle` does, thermostat firmware "
+            f"profile; own MQTT connection, state dir with outbox and fsync'ed A/B slots), "
+            f"spread over {args.device_hosts} processes; the baseline's subscribers (own "
+            f"enrolled base-… identities) over as many",
             "probation": args.probation,
             "state_dir": str(work),
             "discover_s": args.discover_s,

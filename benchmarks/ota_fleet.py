@@ -1,12 +1,18 @@
 """Simulated device fleets for ``benchmarks/ota.py``, spread over device-host processes.
 
 A real fleet is N machines, each with its own CPU. Simulating 200 devices as 400 threads
-(one paho network loop + one updater worker each) in one Python process measures the GIL
+(one paho network loop + one update loop each) in one Python process measures the GIL
 instead: the worker CPU per device came out ~40x what one install costs alone (9 ms), and
 starved devices asked for chunks they had not yet read, which the coordinator then
 republished to the whole fleet. So both the protocol devices and the plain baseline
 subscribers run in ``hosts`` worker processes (spawned, so nothing of the parent's torch
-state is inherited), the same layout for both, and report to the parent over a queue:
+state is inherited), the same layout for both, and report to the parent over a queue.
+
+A protocol device is the agent that ships: one :class:`~edge.agent.Agent` per device on its
+own thread, configured from the device's enrollment bundle as ``fedge edge run --bundle``
+does, with a firmware profile (``firmware_configs/``). Baseline subscribers connect with
+identities of their own (``base-…``): the broker binds the client id to the certificate
+(rule B3), so a subscriber holding a device's certificate would take over its session.
 
 - ``("ready", host, n)`` once the host's devices are connected (and, for the baseline,
   subscribed): the parent starts its clock only after every host is ready;
@@ -16,7 +22,8 @@ state is inherited), the same layout for both, and report to the parent over a q
 - ``("downloaded", device_id, t)`` (protocol) when the last missing chunk arrives, i.e.
   the transfer is over and the install begins;
 - ``("stats", host, {...})`` when told to stop: bytes and messages received, bytes
-  published, updater worker CPU and the host process's CPU time from ready to stop.
+  published, the CPU the agents spent handling deployment messages and the host
+  process's CPU time from ready to stop.
 """
 
 from __future__ import annotations
@@ -26,11 +33,15 @@ import multiprocessing as mp
 import queue
 import resource
 import ssl
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+ROOT = Path(__file__).resolve().parents[1]
+FIRMWARE = ROOT / "firmware_configs" / "thermostat_sensor.toml"
 
 __all__ = ["FleetSpec", "SimulatedFleet"]
 
@@ -42,13 +53,15 @@ class FleetSpec:
     """What every device host needs to know (picklable: it crosses a process boundary).
 
     Attributes:
-        mode: ``protocol`` = real :class:`~edge.updater.mqtt.UpdaterClient` per device;
-            ``baseline`` = plain paho subscriber per device on ``chunk_prefix + "+"``.
-        bundles: device id → enrollment bundle directory.
+        mode: ``protocol`` = real :class:`~edge.agent.Agent` per device;
+            ``baseline`` = plain paho subscriber per identity on ``chunk_prefix + "+"``.
+        bundles: device (or baseline identity) id → enrollment bundle directory.
         port: The fleet broker's TLS port on 127.0.0.1.
         work: Root of the devices' state directories (protocol mode).
-        probation: ``litert`` (load + one smoke inference) or ``header``.
+        probation: ``litert`` (the agent's own: LiteRT load + smoke test) or ``header``.
         quiet_s: Updater resend quiet period.
+        hardware_id: The devices' hardware id (their profile's, as enrolled).
+        max_model_bytes: The devices' profile limit.
         chunk_prefix, chunk_count: Baseline topic prefix and number of chunks.
     """
 
@@ -58,32 +71,18 @@ class FleetSpec:
     work: str = ""
     probation: str = "litert"
     quiet_s: float = 2.0
+    hardware_id: str = "hw-bench"
+    max_model_bytes: int = 8_000_000
     chunk_prefix: str = ""
     chunk_count: int = 0
 
 
-def _probation(kind: str) -> Any:
-    """The device's probation callback: ``litert`` = load + one smoke inference."""
-    if kind == "header":
-
-        def check(path: Path, _version: str) -> None:
-            with path.open("rb") as f:
-                head = f.read(8)
-            if head[4:8] != b"TFL3":
-                raise ValueError("not a TFLite flatbuffer")
-
-        return check
-    import numpy as np
-    from ai_edge_litert.interpreter import Interpreter
-
-    def smoke(path: Path, _version: str) -> None:
-        interp = Interpreter(model_path=str(path), num_threads=1)
-        interp.allocate_tensors()
-        inp = interp.get_input_details()[0]
-        interp.set_tensor(inp["index"], np.zeros(inp["shape"], dtype=inp["dtype"]))
-        interp.invoke()
-
-    return smoke
+def _header_check(path: Path, _version: str) -> None:
+    """``header`` probation: only check the TFLite file identifier."""
+    with path.open("rb") as f:
+        head = f.read(8)
+    if head[4:8] != b"TFL3":
+        raise ValueError("not a TFLite flatbuffer")
 
 
 @dataclass
@@ -103,73 +102,120 @@ class _Counters:
         }
 
 
+def _profile(spec: FleetSpec) -> Any:
+    """The thermostat firmware profile, for the benchmark fleet's hardware and model."""
+    from shared.precision import Precision
+    from shared.profiles import profile_from_toml
+
+    firmware = profile_from_toml(FIRMWARE.read_text(), source=str(FIRMWARE))
+    return firmware.model_copy(
+        update={
+            "hardware_id": spec.hardware_id,
+            "groups": (),
+            "max_model_bytes": spec.max_model_bytes,
+            "precisions": (Precision.INT8,),
+        }
+    )
+
+
 def _protocol_devices(spec: FleetSpec, events: Any, counters: _Counters) -> list[Any]:
-    """One real UpdaterClient per device, counting what it receives, sends and spends."""
-    from edge.keystore import load_device_keys
-    from edge.updater.mqtt import UpdaterClient
+    """One real Agent per device on its own thread, counting what it receives, sends, spends."""
+    from edge.agent import Agent, AgentConfig
     from shared.protocol.messages import UpdateOutcome
 
-    class BenchClient(UpdaterClient):
-        def _on_message(self, c: Any, u: Any, msg: Any) -> None:
+    class BenchAgent(Agent):
+        def _handle_raw(self, topic: str, payload: bytes) -> None:
             with counters.lock:
-                counters.rx_bytes += len(msg.payload)
+                counters.rx_bytes += len(payload)
                 counters.rx_msgs += 1
-            super()._on_message(c, u, msg)
-
-        def _dispatch(self, topic: str, payload: bytes) -> None:
-            missing = self.updater.missing()
+            updater = self.updater
+            missing = updater.missing() if updater is not None else ()
             if len(missing) == 1 and topic.rsplit("/", 1)[-1] == str(missing[0]):
                 # The last chunk it lacks: the transfer is over, the install starts.
-                events.put(("downloaded", self.keys.device_id, time.monotonic()))
-            started = time.thread_time()  # CPU of this device's worker thread only
+                events.put(("downloaded", self.config.device_id, time.monotonic()))
+            started = time.thread_time()  # CPU of this device's agent thread only
             try:
-                super()._dispatch(topic, payload)
+                super()._handle_raw(topic, payload)
             finally:
                 spent = time.thread_time() - started
                 with counters.lock:
                     counters.worker_cpu_s += spent
 
-    activate = _probation(spec.probation)
-    clients = []
+        def _activate_model(self, path: Path, version: str) -> None:
+            if spec.probation == "header":
+                _header_check(path, version)
+            else:
+                super()._activate_model(path, version)
+
+    profile = _profile(spec)
+    agents = []
     for device_id, bundle in spec.bundles.items():
 
-        def on_report(report: Any, d: str = device_id) -> None:
+        def on_update(report: Any, d: str = device_id) -> None:
             if report.outcome is UpdateOutcome.COMMITTED:
                 events.put(("done", d, time.monotonic()))
 
-        client = BenchClient(
-            load_device_keys(Path(bundle)),
-            host="127.0.0.1",
-            port=spec.port,
+        config = AgentConfig(
+            device_id=device_id,
+            broker_url=f"mqtts://127.0.0.1:{spec.port}",
+            profile=profile,
             state_dir=Path(spec.work) / "devices" / device_id,
-            max_model_bytes=8_000_000,
-            activate=activate,
-            on_report=on_report,
-            quiet_s=spec.quiet_s,
-        )
-        link_publish = client.link.publish
+            http_port=None,
+            reconnect_max_s=2.0,
+            update_quiet_s=spec.quiet_s,
+        ).with_bundle(Path(bundle))
+        agent = BenchAgent(config, on_update=on_update)
+        link_publish = agent.link.publish  # the agent's statuses and the updater's requests
 
         def counting_publish(
-            topic: str, payload: bytes, *, retain: bool = False, _p: Any = link_publish
-        ) -> None:
+            topic: str,
+            payload: bytes,
+            *,
+            qos: int = 1,
+            retain: bool = False,
+            _p: Any = link_publish,
+        ) -> int | None:
             with counters.lock:
                 counters.tx_bytes += len(payload)
-            _p(topic, payload, retain=retain)
+            return _p(topic, payload, qos=qos, retain=retain)  # type: ignore[no-any-return]
 
-        client.link.publish = counting_publish  # type: ignore[method-assign]
-        clients.append(client)
-    for c in clients:
-        c.start()
+        agent.link.publish = counting_publish  # type: ignore[method-assign]
+        agents.append(_HostedAgent(agent))
+    for a in agents:
+        a.start()
     deadline = time.monotonic() + 120
-    while not all(c._client.is_connected() for c in clients):
+    while not all(a.agent.link.is_connected() for a in agents):
+        if any(not a.thread.is_alive() for a in agents):
+            raise RuntimeError("an agent stopped while connecting")
         if time.monotonic() > deadline:
             raise RuntimeError("devices did not connect")
         time.sleep(0.05)
-    return clients
+    return agents
+
+
+class _HostedAgent:
+    """An agent and the thread that runs it (``fedge edge run`` runs it on its main thread)."""
+
+    def __init__(self, agent: Any) -> None:
+        self.agent = agent
+        self.thread = threading.Thread(
+            target=agent.run, name=f"agent-{agent.config.device_id}", daemon=True
+        )
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.agent.request_stop()
+
+    def join(self) -> None:
+        self.thread.join(15)
+        if self.thread.is_alive():
+            print(f"agent {self.agent.config.device_id} did not stop", file=sys.stderr)
 
 
 def _baseline_devices(spec: FleetSpec, events: Any, counters: _Counters) -> list[Any]:
-    """One plain paho subscriber per device (same TLS credentials, QoS 1), nothing else."""
+    """One plain paho subscriber per identity (TLS client certificate, QoS 1), nothing else."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
@@ -177,10 +223,8 @@ def _baseline_devices(spec: FleetSpec, events: Any, counters: _Counters) -> list
     subs = []
     for device_id, bundle_dir in spec.bundles.items():
         bundle = Path(bundle_dir)
-        c = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"base-{device_id}-{spec.chunk_prefix.split('/')[3][:6]}",
-            protocol=mqtt.MQTTv5,
+        c = mqtt.Client(  # the broker sets client id := certificate CN anyway (rule B3)
+            CallbackAPIVersion.VERSION2, client_id=device_id, protocol=mqtt.MQTTv5
         )
         c.tls_set(
             ca_certs=str(bundle / "ca.crt"),
@@ -241,10 +285,13 @@ def _host_main(host: int, spec: FleetSpec, events: Any, stop: Any) -> None:
     cpu_at_ready = _process_cpu_s()
     events.put(("ready", host, len(clients)))
     stop.wait()
-    for c in clients:
-        if spec.mode == "protocol":
-            c.stop()
-        else:
+    if spec.mode == "protocol":
+        for c in clients:
+            c.stop()  # all at once: each waits for its offline status to be acknowledged
+        for c in clients:
+            c.join()
+    else:
+        for c in clients:
             c.disconnect()
             c.loop_stop()
     # CPU from "ready" to "stop": the measured window, not imports and TLS handshakes.
@@ -345,6 +392,13 @@ class SimulatedFleet:
                 p.join(5)
 
 
+def _litert_smoke(path: Path, _version: str) -> None:
+    """The agent's ``litert`` probation alone: LiteRT load, checks and one smoke inference."""
+    from edge.inference import Predictor
+
+    Predictor(num_threads=1).load(path, _version)
+
+
 def measure_device_work(
     artifact: bytes, *, devices: int = 20, passes: int = 3, probation: str = "litert"
 ) -> dict[str, float]:
@@ -386,7 +440,7 @@ def measure_device_work(
         encode_delivery(ManifestMessage(device_id=d, sent_at=NOW, envelope=envelope)) for d in ids
     ]
     chunks = [encode_chunk(c) for c in release.chunks]
-    activate = _probation(probation)
+    activate = _header_check if probation == "header" else _litert_smoke
     shm = Path("/dev/shm")
     rows: list[tuple[float, float, float]] = []
     for _ in range(passes):

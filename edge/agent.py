@@ -24,6 +24,7 @@ for as long as it runs, independently of MQTT, and end its process tree on a cle
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -38,7 +39,7 @@ from pydantic import BaseModel
 
 from edge.agent_updates import AgentUpdates
 from edge.inference import InferenceServer, Predictor
-from edge.keystore import DeviceKeys
+from edge.keystore import DeviceKeys, load_device_keys
 from edge.messaging import EventKind, LinkEvent, MqttLink, parse_broker_url
 from edge.outbox import Outbox
 from edge.status import build_status
@@ -97,6 +98,26 @@ class AgentConfig:
     update_quiet_s: float = 2.0  # seconds without a chunk before asking for missing ones
     supernode: SuperNodeConfig | None = None  # Flower SuperNode to supervise (trains only)
 
+    def with_bundle(self, bundle_dir: Path) -> AgentConfig:
+        """This config with signed model updates from the device's enrollment bundle.
+
+        What ``fedge edge run --bundle`` does: the bundle also supplies the broker username
+        and password and the TLS files (CA, client certificate and key) not set here.
+
+        Raises:
+            ConfigError: the bundle is unreadable or incomplete.
+        """
+        keys = load_device_keys(bundle_dir)
+        return dataclasses.replace(
+            self,
+            username=self.username if self.username is not None else keys.broker_username,
+            password=self.password if self.password is not None else keys.broker_password,
+            cafile=self.cafile or str(keys.ca_file),
+            certfile=self.certfile or str(keys.client_cert),
+            keyfile=self.keyfile or str(keys.client_key),
+            bundle_dir=bundle_dir,
+        )
+
 
 @dataclass(frozen=True)
 class _Send:
@@ -113,6 +134,8 @@ class Agent:
         config: Agent settings.
         predictor: An existing predictor (default: one built from the profile).
         wall_clock: Returns Unix seconds for ``sent_at`` (injectable for tests).
+        on_update: Also called, on the agent loop, with every update or command outcome
+            of the updater, after its status is queued (for tests and benchmarks).
 
     Raises:
         FedgeError: the outbox cannot be opened, the broker URL is invalid or the device
@@ -125,9 +148,11 @@ class Agent:
         *,
         predictor: Predictor | None = None,
         wall_clock: Callable[[], float] = time.time,
+        on_update: Callable[[UpdateReport], None] | None = None,
     ) -> None:
         topics.validate_segment(config.device_id, what="device id")
         self.config = config
+        self._on_update_hook = on_update
         self.predictor = predictor or Predictor.from_profile(config.profile)
         self._now = wall_clock
         self._events: queue.Queue[LinkEvent | _Send | None] = queue.Queue()
@@ -193,6 +218,8 @@ class Agent:
         downloading = report.outcome in (UpdateOutcome.DOWNLOADING, UpdateOutcome.CHUNK_REJECTED)
         state = DeviceState.UPDATING if downloading else DeviceState.ONLINE
         self._send_status(state, update=report.to_info())
+        if self._on_update_hook is not None:
+            self._on_update_hook(report)
 
     # --- API for other threads -------------------------------------------------------
 

@@ -147,15 +147,6 @@ def run(
             supernode_config = _supernode_config(
                 superlink, device_profile, bundle, train_data, state_dir, supernode_port
             )
-        if bundle is not None:
-            from edge.keystore import load_device_keys
-
-            keys = load_device_keys(bundle)
-            username = username if username is not None else keys.broker_username
-            password = password if password is not None else keys.broker_password
-            cafile = cafile or str(keys.ca_file)
-            certfile = certfile or str(keys.client_cert)
-            keyfile = keyfile or str(keys.client_key)
         config = AgentConfig(
             device_id=device_id,
             broker_url=broker,
@@ -170,10 +161,11 @@ def run(
             certfile=certfile,
             keyfile=keyfile,
             reconnect_max_s=reconnect_max,
-            bundle_dir=bundle,
             update_quiet_s=update_quiet,
             supernode=supernode_config,
         )
+        if bundle is not None:  # signed updates; the bundle fills in credentials not given
+            config = config.with_bundle(bundle)
         agent = Agent(config)
     except FedgeError as exc:
         _fail(exc)

@@ -1,7 +1,7 @@
 """Device-side model updates: verify, download, A/B install, probation, commit.
 
-:class:`Updater` is the transport-agnostic engine; :class:`~edge.updater.mqtt.UpdaterClient`
-runs it over MQTT. Imports no torch and nothing from ``cloud/``.
+:class:`Updater` is the transport-agnostic engine; the agent (:class:`~edge.agent.Agent`,
+``fedge edge run --bundle``) runs it over MQTT. Imports no torch and nothing from ``cloud/``.
 """
 
 from edge.updater.engine import Activate, Updater, UpdateReport, UpdaterLink

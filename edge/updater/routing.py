@@ -1,8 +1,8 @@
 """Hand a raw deployment-plane message to the updater according to its topic.
 
-Shared by every host of an :class:`~edge.updater.engine.Updater` (the agent's loop, the
-standalone :class:`~edge.updater.mqtt.UpdaterClient`), so they accept exactly the same
-topics: the device's manifest, its own and its groups' command topics, artifact chunks.
+Used by the host of the :class:`~edge.updater.engine.Updater`, the agent's loop
+(:class:`~edge.agent.Agent`), for exactly these topics: the device's manifest, its own
+and its groups' command topics, artifact chunks.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """End to end through a real Mosquitto (TLS + passwords + ACLs from ``cloud.broker``).
 
-The registry holds real int8 ``.tflite`` models; each device runs an
-:class:`~edge.updater.mqtt.UpdaterClient` with its own enrollment bundle and a real LiteRT
-:class:`~edge.inference.Predictor` as probation. The coordinator side is the product's
-:class:`~cloud.deployment.publisher.Publisher`.
+The registry holds real int8 ``.tflite`` models; each device is the agent that ships, a
+real :class:`~edge.agent.Agent` run in-process on its own thread, configured from its
+enrollment bundle as ``fedge edge run --bundle`` does, with a firmware profile and its
+own LiteRT :class:`~edge.inference.Predictor` as probation. The coordinator side is the
+product's :class:`~cloud.deployment.publisher.Publisher`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,14 +29,16 @@ from cloud.deployment.release import Signer, Target, build_plan
 from cloud.keys import COORDINATOR_USER, MONITOR_USER, KeyHome
 from cloud.registry import ArtifactStatus, Registry, VersionSource
 from cloud.registry.registry import NewArtifact
-from edge.inference import Predictor
+from edge.agent import Agent, AgentConfig
+from edge.inference import ModelInfo, Predictor, Probe
 from edge.inference.runtime import make_interpreter
 from edge.keystore import load_device_keys
-from edge.updater import UpdateReport
-from edge.updater.mqtt import UpdaterClient
+from edge.updater import Updater, UpdateReport
 from shared.artifacts import ArtifactBuilder, Encoding, chunk_ad, sign_manifest, unwrap_content_key
 from shared.crypto import encrypt
 from shared.errors import NotDeployableError
+from shared.precision import Precision
+from shared.profiles import DeviceProfile, profile_from_toml
 from shared.protocol import topics
 from shared.protocol.codec import decode_message_as, encode_chunk, encode_message
 from shared.protocol.messages import (
@@ -49,7 +52,63 @@ from tests.helpers.models import BuiltModels
 from tests.helpers.mosquitto import free_port
 from tests.security.conftest import Client, FleetBroker, connect
 
+ROOT = Path(__file__).resolve().parents[2]
 DEVICES = ("dev-a", "dev-b", "dev-c")
+FIRMWARE = ROOT / "firmware_configs" / "thermostat_sensor.toml"
+
+
+def _profile() -> DeviceProfile:
+    """The thermostat firmware profile, for the test fleet's hardware and models.
+
+    The devices are enrolled as ``hw-a`` without groups; the test models are int8 CNNs
+    of a few hundred KB.
+    """
+    firmware = profile_from_toml(FIRMWARE.read_text(), source=str(FIRMWARE))
+    return firmware.model_copy(
+        update={
+            "hardware_id": "hw-a",
+            "groups": (),
+            "max_model_bytes": 4_000_000,
+            "precisions": (Precision.INT8,),
+        }
+    )
+
+
+class GatedPredictor(Predictor):
+    """The agent's LiteRT predictor; while the device's gate is closed, loads (probation) wait."""
+
+    def __init__(self, profile: DeviceProfile, gate: Callable[[], threading.Event | None]) -> None:
+        super().__init__(num_threads=profile.inference_threads, profile=profile)
+        self._gate = gate
+
+    def load(
+        self, path: str | Path, version: str | None = None, *, probe: Probe | None = None
+    ) -> ModelInfo:
+        gate = self._gate()
+        if gate is not None:
+            gate.wait(20)
+        return super().load(path, version, probe=probe)
+
+
+@dataclass
+class Device:
+    """One agent and the thread that runs it."""
+
+    agent: Agent
+    thread: threading.Thread
+    errors: list[BaseException]
+
+    @property
+    def updater(self) -> Updater:
+        assert self.agent.updater is not None
+        return self.agent.updater
+
+    def stop(self) -> None:
+        """A clean stop (what SIGTERM does to ``fedge edge run``)."""
+        self.agent.request_stop()
+        self.thread.join(15)
+        assert not self.thread.is_alive(), f"{self.agent.config.device_id} did not stop"
+        assert not self.errors, self.errors
 
 
 @dataclass
@@ -57,38 +116,44 @@ class World:
     broker: FleetBroker
     registry: Registry
     base: Path
-    clients: dict[str, UpdaterClient] = field(default_factory=dict)
+    profile: DeviceProfile = field(default_factory=_profile)
+    clients: dict[str, Device] = field(default_factory=dict)
     predictors: dict[str, Predictor] = field(default_factory=dict)
     reports: dict[str, list[UpdateReport]] = field(default_factory=dict)
     gates: dict[str, threading.Event] = field(default_factory=dict)
 
-    def start_device(self, device_id: str) -> UpdaterClient:
-        predictor = Predictor()
+    def state_dir(self, device_id: str) -> Path:
+        """The agent's state directory (outbox; the updater's A/B state in ``updater/``)."""
+        return self.base / "devices" / device_id
+
+    def start_device(self, device_id: str) -> Device:
+        predictor = GatedPredictor(self.profile, lambda: self.gates.get(device_id))
         self.predictors[device_id] = predictor
         self.reports[device_id] = []
+        config = AgentConfig(
+            device_id=device_id,
+            broker_url=f"mqtts://127.0.0.1:{self.broker.port}",
+            profile=self.profile,
+            state_dir=self.state_dir(device_id),
+            http_port=None,
+            reconnect_max_s=2.0,
+            update_quiet_s=1.0,
+        ).with_bundle(self.broker.home.device_dir(device_id))
+        agent = Agent(config, predictor=predictor, on_update=self.reports[device_id].append)
+        errors: list[BaseException] = []
 
-        def activate(path: Path, version: str) -> None:
-            gate = self.gates.get(device_id)
-            if gate is not None:
-                gate.wait(20)
-            predictor.load(path, version)
+        def run() -> None:
+            try:
+                agent.run()
+            except BaseException as exc:  # surfaced by Device.stop
+                errors.append(exc)
 
-        client = UpdaterClient(
-            load_device_keys(self.broker.home.device_dir(device_id)),
-            host="127.0.0.1",
-            port=self.broker.port,
-            state_dir=self.base / "devices" / device_id,
-            max_model_bytes=4_000_000,
-            activate=activate,
-            on_report=self.reports[device_id].append,
-            quiet_s=1.0,
+        device = Device(
+            agent, threading.Thread(target=run, name=f"agent-{device_id}", daemon=True), errors
         )
-        active = client.updater.active_model()
-        if active is not None:
-            predictor.load(*active)
-        client.start()
-        self.clients[device_id] = client
-        return client
+        device.thread.start()
+        self.clients[device_id] = device
+        return device
 
     def publish(self, ref: str, devices: tuple[str, ...] = DEVICES) -> PublishReport:
         targets = select_devices(self.broker.home, list(devices), None)
@@ -129,6 +194,10 @@ def world(tmp_path: Path, models: BuiltModels) -> Iterator[World]:
         registry.create_version("cnn", spec={}, source=VersionSource.TRAINED, artifacts=[art])
     w = World(FleetBroker(home, files, port, proc), registry, tmp_path)
     yield w
+    for gate in w.gates.values():
+        gate.set()  # never leave an agent blocked in probation
+    for client in w.clients.values():
+        client.agent.request_stop()  # all at once: each stop waits for its offline status
     for client in w.clients.values():
         client.stop()
     registry.close()
@@ -238,7 +307,8 @@ def test_rejected_artifact_is_never_published(world: World) -> None:
 def test_tampered_chunk_on_the_wire_is_rejected(world: World, models: BuiltModels) -> None:
     world.start_device("dev-a")
     assert world.publish("cnn@1", ("dev-a",)).devices["dev-a"].outcome is Outcome.COMMITTED
-    state_before = (world.base / "devices" / "dev-a" / "state.json").read_bytes()
+    state_file = world.state_dir("dev-a") / "updater" / "state.json"
+    state_before = state_file.read_bytes()
     home = world.broker.home
     records = select_devices(home, ["dev-a", "dev-b"], None)
     data = models.int8_b.read_bytes()
@@ -274,7 +344,7 @@ def test_tampered_chunk_on_the_wire_is_rejected(world: World, models: BuiltModel
         rejected = [r for r in world.reports["dev-a"] if r.outcome is UpdateOutcome.CHUNK_REJECTED]
         assert rejected[0].reason == "hash_mismatch"
         _assert_serving(world, "dev-a", "1", models.int8_a)
-        assert (world.base / "devices" / "dev-a" / "state.json").read_bytes() == state_before
+        assert state_file.read_bytes() == state_before
         # The genuine chunk still completes the download: nothing was lost.
         coord.publish(topics.artifact_chunk(m.artifact_id, 0), encode_chunk(plan.release.chunks[0]))
         world.wait_report("dev-a", UpdateOutcome.COMMITTED)
@@ -339,7 +409,7 @@ def test_updater_announces_itself_and_leaves_a_last_will(world: World, models: B
     )
     # A connection that drops without DISCONNECT (power cut): the broker sends the will.
     watcher.messages.clear()
-    sock = client._client.socket()
+    sock = client.agent.link._client.socket()
     assert sock is not None
     sock.shutdown(socket.SHUT_RDWR)
     assert watcher.wait(
