@@ -84,6 +84,8 @@ class AgentConfig:
     model_path: Path | None = None
     model_version: str | None = None
     http_port: int | None = None
+    http_max_connections: int = 32  # local API: connections past it get 503 at once
+    http_timeout_s: float = 10.0  # local API: seconds to deliver each whole request
     username: str | None = None
     password: str | None = None
     cafile: str | None = None
@@ -249,7 +251,12 @@ class Agent:
         elif cfg.model_path is not None:
             self.predictor.load(cfg.model_path, cfg.model_version)
         if cfg.http_port is not None:
-            self.server = InferenceServer(self.predictor, port=cfg.http_port)
+            self.server = InferenceServer(
+                self.predictor,
+                port=cfg.http_port,
+                max_connections=cfg.http_max_connections,
+                request_timeout=cfg.http_timeout_s,
+            )
             self.server.start()
         logger.info(
             "agent %s starting (profile %s, %d messages in outbox)",

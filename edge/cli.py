@@ -68,6 +68,24 @@ def _setup_logging(level: str) -> None:
 ProfileOpt = Annotated[
     Path, typer.Option("--profile", envvar="FEDGE_PROFILE", help="Device profile (TOML).")
 ]
+HttpMaxConnections = Annotated[
+    int,
+    typer.Option(
+        "--http-max-connections",
+        envvar="FEDGE_HTTP_MAX_CONNECTIONS",
+        min=1,
+        help="Simultaneous HTTP connections; more are answered 503 at once.",
+    ),
+]
+HttpTimeout = Annotated[
+    float,
+    typer.Option(
+        "--http-timeout",
+        envvar="FEDGE_HTTP_TIMEOUT",
+        min=0.1,
+        help="Seconds a connection has to deliver each whole request (idle keep-alive too).",
+    ),
+]
 
 
 @edge_app.command()
@@ -96,6 +114,8 @@ def run(
         int | None,
         typer.Option(envvar="FEDGE_HTTP_PORT", help="Serve HTTP on 127.0.0.1:PORT (0 = any)."),
     ] = None,
+    http_max_connections: HttpMaxConnections = 32,
+    http_timeout: HttpTimeout = 10.0,
     state_dir: Annotated[
         Path, typer.Option(envvar="FEDGE_STATE_DIR", help="Outbox and device state.")
     ] = Path(".fedge/edge"),
@@ -155,6 +175,8 @@ def run(
             model_path=model,
             model_version=model_version,
             http_port=http_port,
+            http_max_connections=http_max_connections,
+            http_timeout_s=http_timeout,
             username=username,
             password=password,
             cafile=cafile,
@@ -275,6 +297,8 @@ def serve(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 = any free port).")] = 8470,
     threads: Annotated[int, typer.Option(help="Interpreter threads.")] = 1,
     profile: Annotated[Path | None, typer.Option(help="Take threads/limits from it.")] = None,
+    http_max_connections: HttpMaxConnections = 32,
+    http_timeout: HttpTimeout = 10.0,
     log_level: Annotated[str, typer.Option()] = "info",
 ) -> None:
     """Serve a model on the loopback HTTP endpoint only (no MQTT) until Ctrl-C."""
@@ -282,7 +306,12 @@ def serve(
 
     _setup_logging(log_level)
     try:
-        server = InferenceServer(_load_predictor(model, threads, profile), port=port)
+        server = InferenceServer(
+            _load_predictor(model, threads, profile),
+            port=port,
+            max_connections=http_max_connections,
+            request_timeout=http_timeout,
+        )
         server.start()
     except FedgeError as exc:
         _fail(exc)
