@@ -39,6 +39,7 @@ Tree::
         ├── RollbackAttackError     version below the persisted floor
         │   └── ReplayAttackError   version equal to the floor / command sequence reused
         ├── HashMismatchError       chunk or artifact sha256 differs from the signed one
+        ├── InvalidTokenError       unknown, used or expired enrollment/API token (cloud.fleet)
         ├── LengthMismatchError     artifact truncated or oversized (endless data)
         └── MalformedArtifactError  signed payload that cannot be decoded
             ├── DeltaBaseError      the delta base is not the artifact this device holds
@@ -61,6 +62,7 @@ __all__ = [
     "HashMismatchError",
     "InferenceError",
     "InvalidIdentifierError",
+    "InvalidTokenError",
     "LengthMismatchError",
     "MalformedArtifactError",
     "ModelLoadError",
@@ -340,3 +342,10 @@ class ReservedNameError(InvalidIdentifierError):
     any ``fedge-`` name, ``all``...): a device enrolled under it would take that account over."""
 
     code = "reserved_name"
+
+
+class InvalidTokenError(SecurityError):
+    """An enrollment or API token that cannot be used: unknown (``invalid_token``), already
+    redeemed (``token_used``) or past its expiry (``token_expired``), given via ``code=``."""
+
+    code = "invalid_token"

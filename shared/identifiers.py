@@ -97,6 +97,7 @@ class IdentifierKind(StrEnum):
 
     DEVICE = "device id"
     GROUP = "group"
+    TAG = "tag"
     MODEL = "model id"
     ROLLOUT = "rollout id"
     ARTIFACT = "artifact id"

@@ -22,10 +22,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cloud.config import Settings
+from cloud.db import upgrade_database
 from cloud.registry.schema import (
     ArtifactRow,
     ArtifactStatus,
-    Base,
     ModelRow,
     VersionRow,
     VersionSource,
@@ -144,7 +144,7 @@ class Registry:
             Path(database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         try:
             self.engine: Engine = create_engine(database_url)
-            Base.metadata.create_all(self.engine)
+            upgrade_database(self.engine)
         except SQLAlchemyError as exc:
             raise RegistryError(
                 f"cannot open registry database: {exc.__class__.__name__}: "

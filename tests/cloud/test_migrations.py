@@ -1,0 +1,179 @@
+"""Alembic migrations on real SQLite and PostgreSQL: empty → head, a pre-migration registry is
+stamped and upgraded with its rows kept, head equals the models, upgrading twice is a no-op."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.engine import Engine
+
+import cloud.fleet.schema  # noqa: F401  (the fleet tables on Base.metadata)
+from cloud.db import alembic_config, upgrade_database
+from cloud.registry import Registry
+from cloud.registry.schema import ArtifactRow, Base, ModelRow, VersionRow
+from shared.errors import RegistryError
+
+REGISTRY_TABLES = {"models", "versions", "artifacts"}
+FLEET_TABLES = {
+    "devices",
+    "device_labels",
+    "device_status",
+    "telemetry",
+    "enrollment_tokens",
+    "api_tokens",
+    "deployments",
+    "deployment_devices",
+    "audit_log",
+}
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A URL of an empty database on each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'db.sqlite'}"
+    url = request.getfixturevalue("postgres_url")
+    assert isinstance(url, str)
+    return url
+
+
+@pytest.fixture()
+def engine(database_url: str) -> Iterator[Engine]:
+    eng = create_engine(database_url)
+    yield eng
+    eng.dispose()
+
+
+def _tables(engine: Engine) -> set[str]:
+    with engine.connect() as conn:
+        return set(inspect(conn).get_table_names())
+
+
+def _revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def _diff(engine: Engine) -> list[Any]:
+    with engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+        return list(compare_metadata(ctx, Base.metadata))
+
+
+def test_one_linear_history() -> None:
+    script = ScriptDirectory.from_config(alembic_config())
+    assert script.get_heads() == ["0002"]
+    assert [r.revision for r in script.walk_revisions()] == ["0002", "0001"]
+
+
+def test_empty_database_goes_to_head(engine: Engine) -> None:
+    upgrade_database(engine)
+    assert _revision(engine) == "0002"
+    assert _tables(engine) == REGISTRY_TABLES | FLEET_TABLES | {"alembic_version"}
+
+
+def test_head_matches_the_models(engine: Engine) -> None:
+    upgrade_database(engine)
+    assert _diff(engine) == []
+
+
+def test_0001_is_exactly_the_old_registry_schema(engine: Engine) -> None:
+    from alembic import command
+
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0001")
+    assert _tables(engine) == REGISTRY_TABLES | {"alembic_version"}
+    # Against the full models, only the fleet tables are missing: the registry part matches.
+    diff = _diff(engine)
+    assert diff
+    assert {d[0] for d in diff} == {"add_table", "add_index"}
+    assert {d[1].name for d in diff if d[0] == "add_table"} == FLEET_TABLES
+    assert {d[1].table.name for d in diff if d[0] == "add_index"} <= FLEET_TABLES
+
+
+def test_upgrade_twice_is_a_no_op(engine: Engine) -> None:
+    upgrade_database(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO models (name, created_at) VALUES ('m', :t)"),
+            {"t": datetime.now(UTC)},
+        )
+    upgrade_database(engine)
+    assert _revision(engine) == "0002"
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM models")).scalar_one() == 1
+        assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar_one() == 1
+    assert _diff(engine) == []
+
+
+def test_pre_migration_registry_is_stamped_and_upgraded(
+    engine: Engine, database_url: str, tmp_path: Path
+) -> None:
+    # What the previous code made: Base.metadata.create_all of the registry tables only.
+    old = [ModelRow.__table__, VersionRow.__table__, ArtifactRow.__table__]
+    Base.metadata.create_all(engine, tables=old)  # type: ignore[arg-type]
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO models (id, name, created_at) VALUES (1, 'legacy', :t)"), {"t": now}
+        )
+        conn.execute(
+            text(
+                "INSERT INTO versions (id, model_id, number, source, spec, data, metrics,"
+                " created_at) VALUES (1, 1, 1, 'trained', '{\"arch\": \"mlp\"}', '{}', '{}', :t)"
+            ),
+            {"t": now},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO artifacts (id, version_id, format, precision, sha256, bytes,"
+                " status, metrics, created_at) VALUES (1, 1, 'torch', 'fp32', :h, 7,"
+                " 'source', '{}', :t)"
+            ),
+            {"h": "ab" * 32, "t": now},
+        )
+    assert _revision(engine) is None
+
+    upgrade_database(engine)
+
+    assert _revision(engine) == "0002"
+    assert _tables(engine) == REGISTRY_TABLES | FLEET_TABLES | {"alembic_version"}
+    assert _diff(engine) == []
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT name FROM models")).scalars().all() == ["legacy"]
+        assert conn.execute(text("SELECT count(*) FROM versions")).scalar_one() == 1
+        assert conn.execute(text("SELECT sha256 FROM artifacts")).scalar_one() == "ab" * 32
+
+    # The registry opens it (upgrade again: no-op) and reads the old rows.
+    reg = Registry(database_url, tmp_path / "artifacts")
+    try:
+        version = reg.get_version("legacy@1")
+        assert version.spec == {"arch": "mlp"}
+        assert version.artifact("torch", "fp32").sha256 == "ab" * 32
+    finally:
+        reg.close()
+
+
+def test_registry_creates_every_table(database_url: str, tmp_path: Path) -> None:
+    reg = Registry(database_url, tmp_path / "artifacts")
+    try:
+        assert _tables(reg.engine) == REGISTRY_TABLES | FLEET_TABLES | {"alembic_version"}
+        assert _revision(reg.engine) == "0002"
+    finally:
+        reg.close()
+
+
+def test_unknown_newer_revision_is_a_clear_error(engine: Engine) -> None:
+    upgrade_database(engine)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    with pytest.raises(RegistryError, match="cannot migrate"):
+        upgrade_database(engine)
