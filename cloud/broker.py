@@ -5,12 +5,12 @@ the agent). Verified against Mosquitto 2.0.11 in ``tests/security``:
 
 - B1 TLS only, with the project CA, and the client certificate IS the identity:
   ``require_certificate true`` + ``use_identity_as_username true`` make the certificate's
-  CN (device id, ``fedge-coordinator`` or ``fedge-monitor``) the MQTT username, whatever
-  username the client sends. Mosquitto then skips password (and plugin) authentication
-  entirely, so no ``password_file`` is configured: the CA-issued certificate plus its
-  private key is the credential, and one identity's certificate can never be combined
-  with another account's password (review finding 3b). Devices still send username =
-  device id and their bundle password; the broker ignores both.
+  CN (device id, ``fedge-coordinator``, ``fedge-monitor`` or ``fedge-ingest``) the MQTT
+  username, whatever username the client sends. Mosquitto then skips password (and plugin)
+  authentication entirely, so no ``password_file`` is configured: the CA-issued
+  certificate plus its private key is the credential, and one identity's certificate can
+  never be combined with another account's password (review finding 3b). Devices still
+  send username = device id and their bundle password; the broker ignores both.
 - B2 no certificate, no connection: anonymous clients are refused at the TLS handshake
   (``allow_anonymous false`` stays as a second lock).
 - B3 sessions are bound to identities: ``use_username_as_clientid true`` replaces every
@@ -19,12 +19,14 @@ the agent). Verified against Mosquitto 2.0.11 in ``tests/security``:
   session ``dev-a``, and dev-b is not kicked). Consequence: each identity has ONE session
   at a time; a second connection with the same certificate takes the first one over
   (2.0.11 closes the old socket without an MQTT 5 DISCONNECT 142). The coordinator keeps
-  one connection; observers use the read-only ``fedge-monitor`` identity.
+  one connection; observers use the read-only ``fedge-monitor`` identity, the ingestion
+  worker its own ``fedge-ingest``.
 - B4 ACLs (anything not granted is denied): a device reads only
   ``fedge/v1/devices/{own id}/#``, ``fedge/v1/groups/{its groups}/#`` and
   ``fedge/v1/artifacts/#`` and writes only its own ``status``, ``telemetry`` and
   ``requests`` (never a manifest or a command); ``fedge-coordinator`` reads and writes
-  ``fedge/v1/#``; ``fedge-monitor`` reads ``fedge/v1/#`` and writes nothing. Every id is
+  ``fedge/v1/#``; ``fedge-monitor`` reads ``fedge/v1/#`` and writes nothing;
+  ``fedge-ingest`` reads only ``fedge/v1/devices/+/{status,telemetry}``. Every id is
   checked against :mod:`shared.identifiers` before a line is written, and reserved names
   are refused as device records, so a hand-edited fleet.json can neither break the file
   nor add rights to a system account.
@@ -62,7 +64,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from cloud.keyfiles import write_private, write_public
-from cloud.keys import COORDINATOR_USER, MONITOR_USER, DeviceRecord, KeyHome
+from cloud.keys import COORDINATOR_USER, INGEST_USER, MONITOR_USER, DeviceRecord, KeyHome
 from shared.crypto.tls import make_crl
 from shared.errors import ConfigError, ProtocolError, ReservedNameError
 from shared.identifiers import IdentifierKind, check_identifier, is_reserved
@@ -163,6 +165,11 @@ def render_acl(fleet: dict[str, DeviceRecord]) -> str:
         f"user {MONITOR_USER}",
         "topic read fedge/v1/#",
         "",
+        # The ingestion worker reads what devices report and nothing else; it writes nothing.
+        f"user {INGEST_USER}",
+        "topic read fedge/v1/devices/+/status",
+        "topic read fedge/v1/devices/+/telemetry",
+        "",
     ]
     for d in sorted(records, key=lambda r: r.device_id):
         if d.revoked:
@@ -245,6 +252,7 @@ def write_broker_config(
     files = BrokerFiles(directory)
     files.data.mkdir(parents=True, exist_ok=True)
     home.ensure_monitor()  # key homes created before the monitor identity existed
+    home.ensure_ingest()  # ... and before the ingestion worker's
     write_credentials(home, files)
     write_public(files.conf, render_conf(files, home, port=port, bind=bind).encode())
     return files

@@ -10,6 +10,7 @@ Layout under ``$FEDGE_HOME/keys`` (private files 0600)::
     coordinator/box.key      + box.pub         X25519: devices seal updates to it
     coordinator/broker.*     TLS client certificate (CN fedge-coordinator) of the coordinator
     monitor/broker.{crt,key} TLS client certificate of the read-only monitor (CN fedge-monitor)
+    ingest/broker.{crt,key}  TLS client certificate of the ingestion worker (CN fedge-ingest)
     revocations.json         newest root-signed revocation list
     tls/ca.{crt,key}         project CA; tls/broker.{crt,key} broker server certificate
     fleet.json               enrolled devices: public keys, groups, TLS cert serials
@@ -21,7 +22,8 @@ B1-B6): the CA-issued certificate and its private key are the broker credential.
 a device still sends username = device id with it), but the broker does not check them.
 
 Every id is checked against the one grammar of :mod:`shared.identifiers`; enrollment also
-refuses reserved names (``fedge-coordinator``, ``fedge-monitor``, any ``fedge-`` name...).
+refuses reserved names (``fedge-coordinator``, ``fedge-monitor``, ``fedge-ingest``, any
+``fedge-`` name...).
 Nothing here logs key material; summaries return key ids and paths only.
 """
 
@@ -66,7 +68,14 @@ from shared.identifiers import (
     check_new_name,
 )
 
-__all__ = ["COORDINATOR_USER", "MONITOR_USER", "DeviceRecord", "KeyHome", "hash_password"]
+__all__ = [
+    "COORDINATOR_USER",
+    "INGEST_USER",
+    "MONITOR_USER",
+    "DeviceRecord",
+    "KeyHome",
+    "hash_password",
+]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +83,11 @@ log = logging.getLogger(__name__)
 COORDINATOR_USER = COORDINATOR_ACCOUNT
 #: The read-only observer identity (may subscribe to ``fedge/v1/#``, publishes nothing).
 MONITOR_USER = MONITOR_ACCOUNT
+#: The ingestion worker's identity (may subscribe to every device's status and telemetry,
+#: publishes nothing). Separate from the coordinator's: the broker allows one session per
+#: identity, and the coordinator's is held by the publisher in the same process. A reserved
+#: name by the ``fedge-`` prefix (:data:`shared.identifiers.RESERVED_PREFIX`).
+INGEST_USER = "fedge-ingest"
 DEFAULT_HOSTS = ("127.0.0.1", "localhost")
 
 
@@ -150,6 +164,11 @@ class KeyHome:
     def monitor_dir(self) -> Path:
         """TLS client certificate and key of the read-only monitor identity."""
         return self.path / "monitor"
+
+    @property
+    def ingest_dir(self) -> Path:
+        """TLS client certificate and key of the ingestion worker's identity."""
+        return self.path / "ingest"
 
     def device_dir(self, device_id: str) -> Path:
         """Enrollment bundle of ``device_id``.
@@ -303,6 +322,7 @@ class KeyHome:
         write_json(cdir / "broker.json", {"username": COORDINATOR_USER})
         write_private(cdir / "broker.hash", hash_password(password).encode())
         self._issue_monitor(ca, now)
+        self._issue_ingest(ca, now)
         log.info("initialised key home %s (release key %s)", self.path, release_kid[:16])
         return {
             "key_home": str(self.path),
@@ -329,6 +349,24 @@ class KeyHome:
             return False
         self._issue_monitor(self.ca(), now or datetime.now(UTC))
         log.info("issued the %s certificate", MONITOR_USER)
+        return True
+
+    def _issue_ingest(self, ca: TlsIdentity, now: datetime) -> None:
+        ingest = issue_client_cert(ca, INGEST_USER, now=now)
+        write_public(self.ingest_dir / "broker.crt", ingest.cert_pem)
+        write_private(self.ingest_dir / "broker.key", ingest.key_pem)
+
+    def ensure_ingest(self, *, now: datetime | None = None) -> bool:
+        """Issue the ingestion worker's certificate if this key home predates it.
+
+        Returns:
+            Whether a certificate was issued now.
+        """
+        self._require()
+        if (self.ingest_dir / "broker.crt").exists():
+            return False
+        self._issue_ingest(self.ca(), now or datetime.now(UTC))
+        log.info("issued the %s certificate", INGEST_USER)
         return True
 
     def revoked_serials(self) -> dict[str, int]:
@@ -463,6 +501,21 @@ class KeyHome:
         self._save_fleet(fleet)
         log.info("enrolled device %s", device_id)
         return {"device_id": device_id, "bundle": str(d), "groups": groups}
+
+    def set_groups(self, device_id: str, groups: list[str]) -> dict[str, Any]:
+        """Replace an enrolled device's groups (the broker ACL is rendered from them).
+
+        Raises:
+            NotFoundError: the device is not enrolled.
+            InvalidIdentifierError: a group fails the identifier grammar.
+        """
+        fleet = self.fleet()
+        record = fleet.get(device_id)
+        if record is None:
+            raise NotFoundError(f"device {device_id} is not enrolled")
+        record.groups = sorted({check_identifier(g, IdentifierKind.GROUP) for g in groups})
+        self._save_fleet(fleet)
+        return {"device_id": device_id, "groups": record.groups}
 
     def revoke_device(self, device_id: str) -> dict[str, Any]:
         """Mark ``device_id`` revoked: the next broker config refuses it."""

@@ -35,6 +35,8 @@ def _build_app() -> typer.Typer:
     from cloud.cli.keys import keys_app
     from cloud.cli.pipeline import cloud_app, models_app
     from cloud.cli.publish import register as register_publish
+    from cloud.cli.serve import serve_cmd
+    from cloud.cli.tokens import token_app
 
     root = typer.Typer(
         name="fedge",
@@ -45,6 +47,8 @@ def _build_app() -> typer.Typer:
     register_publish(cloud_app)
     register_commands(cloud_app)
     register_federate(cloud_app)
+    cloud_app.add_typer(token_app, name="token")
+    cloud_app.command("serve")(serve_cmd)
     root.add_typer(cloud_app, name="cloud")
     root.add_typer(models_app, name="models")
     root.add_typer(keys_app, name="keys")

@@ -1,0 +1,590 @@
+"""The ingestion worker: device status and telemetry from the broker into the fleet database.
+
+Delivery guarantee (at-least-once from broker to database, exactly-once rows):
+
+- A persistent MQTT 5 session of its own identity, ``fedge-ingest`` (``clean_start=False``
+  from the first connect, as :mod:`cloud.deployment.link` explains for Mosquitto 2.0, and a
+  session expiry of an hour): while the worker is down, restarting or reconnecting, the
+  broker queues what devices send for it.
+- **Manual acknowledgements**: paho's ``manual_ack=True``; a QoS 1 message is PUBACKed only
+  after the batch holding it is committed to the database. A worker killed between receipt
+  and commit never acknowledged it, so the broker redelivers it to the next session.
+- Redelivery makes repeats: the store's writes are idempotent by ``(device_id, msg_id)``
+  (:meth:`cloud.fleet.store.FleetStore.record_statuses`), so a repeat is a no-op.
+
+Threads: paho's network thread only enqueues (its callbacks never raise); one writer thread
+parses (:class:`cloud.ingest.attribution.IngestAttribution`: the topic is the identity),
+writes batches of up to ``batch_max`` messages or ``flush_s`` seconds, then acknowledges
+them in arrival order. A database failure is retried (with backoff) and nothing is
+acknowledged meanwhile. :meth:`IngestWorker.stop` commits and acknowledges the batch in
+flight and disconnects *without* ending the session.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import queue
+import ssl
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TextIO
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from cloud.deployment.evidence import DeviceStatus
+from cloud.deployment.link import Incoming
+from cloud.fleet.records import StatusRecord, TelemetryRecord
+from cloud.ingest.attribution import DeviceTelemetry, IngestAttribution
+from cloud.keys import INGEST_USER, KeyHome
+from cloud.observability import INFERENCE_LATENCY, INGEST_DROPPED, INGEST_LAG, INGEST_MESSAGES
+from shared.errors import ConfigError
+from shared.protocol import topics
+from shared.protocol.topics import DeviceLeaf
+
+__all__ = ["SESSION_EXPIRY_S", "SUBSCRIPTIONS", "IngestStats", "IngestStore", "IngestWorker"]
+
+logger = logging.getLogger(__name__)
+
+#: How long the broker keeps queuing for a worker that is gone (restart, deploy, crash).
+SESSION_EXPIRY_S = 3600
+#: What the ``fedge-ingest`` ACL lets it read (``cloud.broker.render_acl``).
+SUBSCRIPTIONS = (
+    topics.all_devices(DeviceLeaf.STATUS),
+    topics.all_devices(DeviceLeaf.TELEMETRY),
+)
+_RETRY_MIN_S, _RETRY_MAX_S = 0.5, 10.0  # backoff of a failing database write
+
+
+class IngestStore(Protocol):
+    """What the worker needs of :class:`cloud.fleet.store.FleetStore`."""
+
+    def record_statuses(self, batch: list[StatusRecord]) -> int:
+        """Store statuses idempotently; how many were new."""
+
+    def record_telemetry(self, batch: list[TelemetryRecord]) -> int:
+        """Store telemetry idempotently; how many were new."""
+
+
+@dataclass(frozen=True)
+class IngestStats:
+    """A snapshot of the worker (for ``/readyz`` and logs).
+
+    Attributes:
+        received: Messages handed over by the broker (repeats included).
+        written: Rows the store reported as new, by kind (``status``, ``telemetry``).
+        skipped: Parsed messages the store did not add (a repeat after a redelivery, or a
+            device unknown to the store).
+        dropped: Messages dropped before the store, by reason.
+        pending: Received, not yet committed and acknowledged.
+        last_commit_at: Clock time of the last committed batch (None before the first).
+        connected: Whether the broker connection is up.
+        subscribed: Whether the broker granted the subscriptions (on the last connect).
+        failure: Why the worker cannot work (refused connection or subscription), if so.
+        write_error: The last database error, while writes are failing (None once a
+            batch commits again).
+    """
+
+    received: int
+    written: dict[str, int]
+    skipped: int
+    dropped: dict[str, int]
+    pending: int
+    last_commit_at: float | None
+    connected: bool
+    subscribed: bool
+    failure: str | None
+    write_error: str | None = None
+
+    @property
+    def written_total(self) -> int:
+        """Rows written, all kinds."""
+        return sum(self.written.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return {
+            "received": self.received,
+            "written": dict(self.written),
+            "skipped": self.skipped,
+            "dropped": dict(self.dropped),
+            "pending": self.pending,
+            "last_commit_at": self.last_commit_at,
+            "connected": self.connected,
+            "subscribed": self.subscribed,
+            "failure": self.failure,
+            "write_error": self.write_error,
+        }
+
+
+@dataclass(frozen=True)
+class _Arrival:
+    """One received message, with what is needed to acknowledge it later."""
+
+    message: Incoming
+    mid: int
+    qos: int
+    generation: int  # which connection delivered it: acks go only to that one
+    arrived_at: float
+
+
+@dataclass
+class _Batch:
+    arrivals: list[_Arrival] = field(default_factory=list)
+    statuses: list[StatusRecord] = field(default_factory=list)
+    telemetry: list[TelemetryRecord] = field(default_factory=list)
+    latencies: list[tuple[str, float]] = field(default_factory=list)  # (version, seconds)
+
+
+_STOP = object()  # sentinel on the inbox: flush what came before, then end
+
+
+class IngestWorker:
+    """Subscribes as ``fedge-ingest`` and writes device status and telemetry to ``store``.
+
+    Args:
+        home: Key home holding ``ingest/broker.{crt,key}`` (``KeyHome.ensure_ingest``) and
+            the CA.
+        host, port: The broker's TLS listener.
+        store: The fleet store (idempotent ``record_statuses`` / ``record_telemetry``).
+        batch_max: Largest batch written in one transaction.
+        flush_s: Longest a received message waits for its batch to be written.
+        clock: Unix seconds: ``received_at`` of records and ingest lag.
+        session_expiry_s: How long the broker keeps the session while the worker is away.
+
+    Raises:
+        ConfigError: the ingest certificate is missing or unreadable, or invalid sizes.
+    """
+
+    def __init__(
+        self,
+        home: KeyHome,
+        host: str,
+        port: int,
+        store: IngestStore,
+        *,
+        batch_max: int = 500,
+        flush_s: float = 0.2,
+        clock: Callable[[], float] = time.time,
+        session_expiry_s: int = SESSION_EXPIRY_S,
+    ) -> None:
+        if batch_max < 1 or flush_s <= 0:
+            raise ConfigError("batch_max must be >= 1 and flush_s > 0")
+        self._store = store
+        self._batch_max = batch_max
+        self._flush_s = flush_s
+        self._clock = clock
+        self._host, self._port = host, port
+        self._session_expiry_s = session_expiry_s
+        self._lock_path = home.ingest_dir / "broker.lock"
+        self._lock: TextIO | None = None
+        self._attribution = IngestAttribution()
+        self._reported_drops: Counter[str] = Counter()  # what the metric was told (writer)
+        self._dropped_view: dict[str, int] = {}  # what ``stats`` shows (under _state_lock)
+        self._inbox: queue.Queue[_Arrival | object] = queue.Queue()
+        self._accepting = False
+        self._accept_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._generation = 0
+        self._connected = False
+        self._subscribed = threading.Event()
+        self._failure: str | None = None
+        self._received = 0
+        self._written: Counter[str] = Counter()
+        self._skipped = 0
+        self._undecodable = 0
+        self._pending = 0
+        self._last_commit_at: float | None = None
+        self._write_error: str | None = None
+        self._stopping = threading.Event()
+        self._writer: threading.Thread | None = None
+        self._started = False
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=INGEST_USER,  # the broker forces it to the certificate's CN anyway
+            protocol=mqtt.MQTTv5,
+            manual_ack=True,  # PUBACK only after the commit (see the module docstring)
+        )
+        cert, key = home.ingest_dir / "broker.crt", home.ingest_dir / "broker.key"
+        try:
+            client.tls_set(
+                ca_certs=str(home.tls_dir / "ca.crt"),
+                certfile=str(cert),
+                keyfile=str(key),
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"ingest broker credentials unusable ({exc}); regenerate the broker config "
+                "(`fedge broker config` issues the fedge-ingest certificate)"
+            ) from exc
+        client.username_pw_set(INGEST_USER)  # informational: the certificate is the identity
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        client.on_disconnect = self._on_disconnect
+        self._client = client
+
+    # --- paho callbacks (network thread): record and enqueue, never raise ---------------
+    def _on_connect(self, client: Any, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
+        try:
+            if getattr(reason, "is_failure", False):
+                self._failure = f"broker refused the ingest connection: {reason}"
+                logger.error("%s", self._failure)
+                return
+            with self._state_lock:
+                self._generation += 1
+                self._connected = True
+            resumed = bool(getattr(flags, "session_present", False))
+            logger.info(
+                "ingest connected to %s:%d (%s session)",
+                self._host,
+                self._port,
+                "resumed" if resumed else "new",
+            )
+            # Also on a resumed session (harmless: retained statuses come again and are
+            # repeats by msg_id), so a subscription refused or lost earlier is retried.
+            self._subscribed.clear()
+            client.subscribe([(t, 1) for t in SUBSCRIPTIONS])
+        except Exception:  # a callback that raises would stop paho's network loop
+            logger.exception("ingest on_connect failed")
+
+    def _on_subscribe(self, _c: Any, _u: Any, _mid: Any, codes: Any, _p: Any) -> None:
+        try:
+            refused = [str(c) for c in codes if getattr(c, "is_failure", False)]
+            if refused:
+                self._failure = (
+                    f"broker refused the ingest subscriptions ({', '.join(refused)}): "
+                    "regenerate the broker ACL with `fedge broker config`"
+                )
+                logger.error("%s", self._failure)
+                return
+            self._failure = None
+            self._subscribed.set()
+        except Exception:
+            logger.exception("ingest on_subscribe failed")
+
+    def _on_disconnect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        try:
+            with self._state_lock:
+                self._connected = False
+            self._subscribed.clear()
+            if not self._stopping.is_set():
+                logger.warning(
+                    "ingest lost the broker (%s); reconnecting to the same session", reason
+                )
+        except Exception:
+            logger.exception("ingest on_disconnect failed")
+
+    def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
+        try:
+            arrival = _Arrival(
+                Incoming(str(msg.topic), bytes(msg.payload), bool(msg.retain)),
+                int(msg.mid),
+                int(msg.qos),
+                self._generation,
+                self._clock(),
+            )
+        except Exception:  # e.g. a topic that is not UTF-8: unusable, acknowledge it
+            logger.warning("ingest dropped an undecodable message")
+            INGEST_DROPPED.labels(reason="bad_topic").inc()
+            with self._state_lock:
+                self._undecodable += 1
+            try:
+                if msg.qos:
+                    self._client.ack(msg.mid, msg.qos)
+            except Exception:
+                logger.exception("ingest could not acknowledge an undecodable message")
+            return
+        with self._accept_lock:
+            if not self._accepting:
+                # Stopping: left unacknowledged, the broker redelivers it to the next session.
+                return
+            with self._state_lock:
+                self._received += 1
+                self._pending += 1
+            self._inbox.put(arrival)
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        """Connect (in the background: paho retries until the broker answers) and start
+        the writer thread.
+
+        Raises:
+            ConfigError: another ingest worker holds this key home's session, the broker
+                address cannot be used, or this worker was stopped (build a new one).
+        """
+        if self._started:
+            return
+        if self._stopping.is_set():
+            raise ConfigError("a stopped ingest worker cannot be restarted: build a new one")
+        self._acquire()
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = self._session_expiry_s
+        # Unacknowledged messages in flight: the broker's default (20) would stall batching.
+        props.ReceiveMaximum = min(65535, max(2 * self._batch_max, 20))
+        self._accepting = True
+        self._writer = threading.Thread(target=self._run, name="fedge-ingest-writer", daemon=True)
+        self._writer.start()
+        try:
+            self._client.connect_async(
+                self._host, self._port, keepalive=30, clean_start=False, properties=props
+            )
+        except (OSError, ValueError) as exc:
+            self._abort_start()
+            raise ConfigError(f"cannot use broker {self._host}:{self._port}: {exc}") from exc
+        self._client.loop_start()
+        self._started = True
+        logger.info(
+            "ingest worker started for %s:%d (batch %d, flush %.2fs)",
+            self._host,
+            self._port,
+            self._batch_max,
+            self._flush_s,
+        )
+
+    def _abort_start(self) -> None:
+        self._stopping.set()
+        with self._accept_lock:
+            self._accepting = False
+            self._inbox.put(_STOP)
+        if self._writer is not None:
+            self._writer.join(5)
+        self._release()
+
+    def wait_ready(self, timeout: float = 10.0) -> bool:
+        """Block until connected and subscribed; False after ``timeout``."""
+        return self._subscribed.wait(timeout)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Commit and acknowledge the batch in flight, then disconnect keeping the session.
+
+        What arrives after this is called stays unacknowledged (the broker redelivers it
+        to the next session); the session is not ended, so what devices send while the
+        worker is down is queued for its successor.
+        """
+        if not self._started:
+            return
+        self._started = False
+        self._stopping.set()
+        with self._accept_lock:
+            self._accepting = False
+            self._inbox.put(_STOP)
+        if self._writer is not None:
+            self._writer.join(timeout)
+            if self._writer.is_alive():
+                logger.error("ingest writer did not finish within %.0fs", timeout)
+        # A normal DISCONNECT with no session expiry property: the CONNECT's expiry stands.
+        # paho sends it after the PUBACKs already queued.
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._release()
+        stats = self.stats
+        logger.info(
+            "ingest worker stopped: %d received, %d written, %d dropped, %d left to the session",
+            stats.received,
+            stats.written_total,
+            sum(stats.dropped.values()),
+            stats.pending,
+        )
+
+    def _acquire(self) -> None:
+        """One worker per key home: a second one would take the session over (flapping)."""
+        try:
+            self._lock_path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(self._lock_path, "a")  # noqa: SIM115 - held while running
+        except OSError as exc:
+            raise ConfigError(f"cannot open {self._lock_path}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            handle.close()
+            raise ConfigError(
+                "another ingest worker is running for this key home (the broker allows one "
+                "fedge-ingest session): stop it first"
+            ) from exc
+        self._lock = handle
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    @property
+    def stats(self) -> IngestStats:
+        """A consistent snapshot of the counters."""
+        with self._state_lock:
+            dropped = Counter(self._dropped_view)
+            if self._undecodable:
+                dropped["bad_topic"] += self._undecodable
+            return IngestStats(
+                received=self._received,
+                written=dict(self._written),
+                skipped=self._skipped,
+                dropped=dict(dropped),
+                pending=self._pending,
+                last_commit_at=self._last_commit_at,
+                connected=self._connected,
+                subscribed=self._subscribed.is_set(),
+                failure=self._failure,
+                write_error=self._write_error,
+            )
+
+    # --- writer thread -------------------------------------------------------------------
+    def _run(self) -> None:
+        batch: list[_Arrival] = []
+        deadline = 0.0
+        while True:
+            wait = max(0.0, deadline - time.monotonic()) if batch else None
+            try:
+                item = self._inbox.get(timeout=wait)
+            except queue.Empty:
+                item = None
+            if item is _STOP:
+                if batch:
+                    self._commit(batch, final=True)
+                return
+            if isinstance(item, _Arrival):
+                if not batch:
+                    deadline = time.monotonic() + self._flush_s
+                batch.append(item)
+            if batch and (len(batch) >= self._batch_max or time.monotonic() >= deadline):
+                self._commit(batch, final=False)
+                batch = []
+
+    def _parse(self, arrivals: list[_Arrival]) -> _Batch:
+        out = _Batch(arrivals)
+        for arrival in arrivals:
+            try:
+                parsed = self._attribution.classify(arrival.message)
+            except Exception:  # never expected: Attribution drops what it cannot parse
+                logger.exception("ingest could not parse a message on %s", arrival.message.topic)
+                self._attribution.dropped["malformed"] += 1
+                continue
+            if isinstance(parsed, DeviceStatus):
+                s = parsed.status
+                out.statuses.append(
+                    StatusRecord(
+                        device_id=parsed.device_id,
+                        msg_id=s.msg_id,
+                        received_at=arrival.arrived_at,
+                        sent_at=s.sent_at,
+                        state=s.state.value,
+                        payload=s.model_dump(mode="json"),
+                    )
+                )
+            elif isinstance(parsed, DeviceTelemetry):
+                t = parsed.telemetry
+                out.telemetry.append(
+                    TelemetryRecord(
+                        device_id=parsed.device_id,
+                        msg_id=t.msg_id,
+                        received_at=arrival.arrived_at,
+                        sent_at=t.sent_at,
+                        model_version=t.model_version,
+                        requests=t.requests,
+                        errors=t.errors,
+                        latency_p50_ms=t.latency.p50_ms,
+                        latency_p95_ms=t.latency.p95_ms,
+                        latency_p99_ms=t.latency.p99_ms,
+                        latency_count=t.latency.count,
+                        payload=t.model_dump(mode="json"),
+                    )
+                )
+                if t.latency.count:
+                    out.latencies.append((t.model_version or "none", t.latency.p50_ms / 1000))
+        return out
+
+    def _write(self, batch: _Batch, *, final: bool) -> tuple[int, int] | None:
+        """Write the batch, retrying a failing database; None if given up (stopping)."""
+        delay = _RETRY_MIN_S
+        while True:
+            try:
+                new_status = self._store.record_statuses(batch.statuses) if batch.statuses else 0
+                new_telemetry = (
+                    self._store.record_telemetry(batch.telemetry) if batch.telemetry else 0
+                )
+                with self._state_lock:
+                    self._write_error = None
+                return new_status, new_telemetry
+            except Exception as exc:  # RegistryError or worse: keep the batch, do not ack
+                with self._state_lock:
+                    self._write_error = f"{type(exc).__name__}: {exc}"[:300]
+                logger.error(
+                    "ingest could not write %d messages (%s: %s); %s",
+                    len(batch.arrivals),
+                    type(exc).__name__,
+                    exc,
+                    "leaving them to the broker session"
+                    if final or self._stopping.is_set()
+                    else f"retrying in {delay:.1f}s",
+                )
+            if final or self._stopping.is_set():
+                return None
+            self._stopping.wait(delay)
+            delay = min(delay * 2, _RETRY_MAX_S)
+
+    def _commit(self, arrivals: list[_Arrival], *, final: bool) -> None:
+        batch = self._parse(arrivals)
+        written = self._write(batch, final=final)
+        if written is None:
+            # Unacknowledged: redelivered to the next session (the store makes it harmless).
+            self._report_drops()
+            return
+        committed_at = self._clock()
+        self._acknowledge(arrivals)
+        new_status, new_telemetry = written
+        parsed = len(batch.statuses) + len(batch.telemetry)
+        with self._state_lock:
+            self._written["status"] += new_status
+            self._written["telemetry"] += new_telemetry
+            self._skipped += parsed - new_status - new_telemetry
+            self._pending -= len(arrivals)
+            self._last_commit_at = committed_at
+        INGEST_MESSAGES.labels(kind="status").inc(new_status)
+        INGEST_MESSAGES.labels(kind="telemetry").inc(new_telemetry)
+        for arrival in arrivals:
+            INGEST_LAG.observe(max(0.0, committed_at - arrival.arrived_at))
+        for version, seconds in batch.latencies:
+            INFERENCE_LATENCY.labels(version=version).observe(seconds)
+        self._report_drops()
+        logger.debug(
+            "ingest committed %d messages (%d new statuses, %d new telemetry)",
+            len(arrivals),
+            new_status,
+            new_telemetry,
+        )
+
+    def _acknowledge(self, arrivals: list[_Arrival]) -> None:
+        """PUBACK, in arrival order, what the current connection delivered.
+
+        A message delivered by an earlier connection is not acknowledged: the broker
+        redelivers it on the resumed session (as a repeat the store skips), and that copy
+        is acknowledged after its own batch.
+        """
+        with self._state_lock:
+            generation, connected = self._generation, self._connected
+        for arrival in arrivals:
+            if arrival.qos == 0 or not connected or arrival.generation != generation:
+                continue
+            try:
+                self._client.ack(arrival.mid, arrival.qos)
+            except Exception:  # the connection just dropped: redelivered, then skipped
+                logger.warning("ingest could not acknowledge mid %d", arrival.mid)
+
+    def _report_drops(self) -> None:
+        current = Counter(self._attribution.dropped)
+        for reason, count in current.items():
+            delta = count - self._reported_drops[reason]
+            if delta > 0:
+                INGEST_DROPPED.labels(reason=reason).inc(delta)
+        self._reported_drops = current
+        with self._state_lock:
+            self._dropped_view = dict(current)

@@ -1,0 +1,280 @@
+"""The coordinator as a long-running service: control API + ingestion + retention.
+
+:func:`serve` is what ``fedge cloud serve`` runs, in this order:
+
+1. open the resources (:func:`build_resources`: registry and fleet store on one database,
+   migrated; the key home; the deployment jobs; the broker configuration);
+2. start the ingestion worker (:class:`cloud.ingest.IngestWorker`, identity
+   ``fedge-ingest``: the broker allows one session per identity, and the coordinator's own
+   is taken by the publishes of the deployment jobs in this process) and the telemetry
+   retention job;
+3. run uvicorn with :func:`cloud.api.app.create_app` until SIGTERM or Ctrl-C;
+4. then, in this order: uvicorn's graceful shutdown (requests in progress finish), the
+   ingestion flush (the batch in flight is committed and acknowledged; the broker session
+   is kept, so what devices send meanwhile waits for the next start), the retention job,
+   the deployment jobs (running publishes finish), the database.
+
+Exit status 0 after a signal, 1 if the server could not start (e.g. the port is taken).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from dataclasses import dataclass, field
+from types import FrameType
+
+import uvicorn
+
+from cloud.api.app import broker_address, create_app, database_check
+from cloud.api.deps import HealthCheck, Resources
+from cloud.api.jobs import DeploymentJobs
+from cloud.broker import BrokerFiles, refresh_broker
+from cloud.config import Settings
+from cloud.deployment.publisher import Publisher
+from cloud.fleet.store import FleetStore
+from cloud.ingest import DEFAULT_RETENTION_S, IngestWorker, RetentionJob
+from cloud.keys import INGEST_USER, KeyHome
+from cloud.registry import Registry
+from shared.errors import ConfigError
+
+__all__ = ["CoordinatorService", "build_resources", "build_service", "serve"]
+
+log = logging.getLogger(__name__)
+
+
+def build_resources(settings: Settings, *, broker: tuple[str, int] | None = None) -> Resources:
+    """Open what the API serves from: registry and fleet store (one database, migrated), key
+    home, deployment jobs and the broker configuration.
+
+    Args:
+        settings: Where the state lives.
+        broker: The broker's TLS listener for publishes; None: the listener of the
+            configuration in ``$FEDGE_HOME/broker`` (read per job), else 127.0.0.1:8883.
+
+    Raises:
+        RegistryError: the database cannot be opened or migrated.
+    """
+    registry = Registry.from_settings(settings)
+    try:
+        store = FleetStore.from_registry(registry)
+        home = KeyHome(settings.home / "keys")
+        files = BrokerFiles(settings.home / "broker")
+
+        def publisher() -> Publisher:
+            host, port = broker or broker_address(files)  # per job: the config may change
+            return Publisher(registry, home, host=host, port=port)
+
+        jobs = DeploymentJobs(store, home, publisher)
+    except BaseException:
+        registry.close()
+        raise
+    return Resources(
+        registry=registry,
+        store=store,
+        home=home,
+        jobs=jobs,
+        broker_files=files,
+        health={"database": database_check(registry)},
+    )
+
+
+def _ingest_identity(home: KeyHome, files: BrokerFiles) -> None:
+    """Make sure the ``fedge-ingest`` identity exists and the generated ACL grants it.
+
+    A key home or broker configuration from before the ingestion worker gets the
+    certificate now, and the broker's ACL is rewritten (and a broker run by
+    ``fedge broker run`` reloaded), as enrolling a device does.
+    """
+    if not home.exists():
+        raise ConfigError(f"no key home at {home.path}; run `fedge keys init` first")
+    home.ensure_ingest()
+    try:
+        acl = files.acl.read_text(encoding="utf-8")
+    except OSError:
+        return  # no generated configuration here: the broker is managed elsewhere
+    if f"user {INGEST_USER}\n" not in acl:
+        result = refresh_broker(home, files)
+        log.warning(
+            "the broker ACL had no %s section: rewritten (broker reloaded: %s)",
+            INGEST_USER,
+            result["broker_reloaded"],
+        )
+
+
+def _broker_check(worker: IngestWorker, host: str, port: int) -> HealthCheck:
+    def check() -> tuple[bool, str]:
+        stats = worker.stats
+        if stats.failure:
+            return False, stats.failure
+        if not stats.connected:
+            return False, f"{INGEST_USER} not connected to {host}:{port}"
+        if not stats.subscribed:
+            return False, f"{INGEST_USER} connected to {host}:{port}, not subscribed yet"
+        return True, f"{INGEST_USER} session on {host}:{port}"
+
+    return check
+
+
+def _ingest_check(worker: IngestWorker) -> HealthCheck:
+    def check() -> tuple[bool, str]:
+        stats = worker.stats
+        if stats.write_error:
+            return False, f"database writes failing: {stats.write_error}"
+        dropped = sum(stats.dropped.values())
+        return True, (
+            f"{stats.received} received, {stats.written_total} written, {dropped} dropped, "
+            f"{stats.pending} pending, last commit at {stats.last_commit_at}"
+        )
+
+    return check
+
+
+@dataclass
+class CoordinatorService:
+    """The resources plus the background work of a running coordinator."""
+
+    resources: Resources
+    ingest: IngestWorker
+    retention: RetentionJob
+    broker: tuple[str, int]
+    _started: bool = field(default=False, init=False)
+
+    def start(self) -> None:
+        """Start ingestion (it connects in the background) and the retention job."""
+        self.ingest.start()
+        self.retention.start()
+        self._started = True
+
+    def close(self) -> None:
+        """Flush ingestion, stop the background jobs and close the database (idempotent)."""
+        try:
+            if self._started:
+                self._started = False
+                self.ingest.stop()
+                self.retention.stop()
+                log.info("telemetry retention stopped")
+        finally:
+            running = self.resources.jobs.active()
+            if running:
+                log.info("waiting for %d running deployment job(s)", len(running))
+            self.resources.close(wait=True)
+            log.info("deployment jobs stopped; database closed")
+
+
+def build_service(
+    settings: Settings,
+    *,
+    broker: tuple[str, int] | None = None,
+    retention_s: float = DEFAULT_RETENTION_S,
+    retention_interval_s: float = 3600.0,
+) -> CoordinatorService:
+    """Open the resources and build (not start) ingestion and retention.
+
+    Args:
+        settings: Where the state lives.
+        broker: The broker's TLS listener; None: from ``$FEDGE_HOME/broker``'s config.
+        retention_s: How long telemetry is kept.
+        retention_interval_s: How often it is pruned.
+
+    Raises:
+        ConfigError: no key home; RegistryError: the database cannot be opened.
+    """
+    resources = build_resources(settings, broker=broker)
+    try:
+        files = resources.broker_files or BrokerFiles(settings.home / "broker")
+        host, port = broker or broker_address(files)
+        _ingest_identity(resources.home, files)
+        worker = IngestWorker(resources.home, host, port, resources.store)
+        retention = RetentionJob(
+            resources.store, retention_s=retention_s, interval_s=retention_interval_s
+        )
+    except BaseException:
+        resources.close(wait=False)
+        raise
+    resources.health["broker"] = _broker_check(worker, host, port)
+    resources.health["ingest"] = _ingest_check(worker)
+    return CoordinatorService(resources, worker, retention, (host, port))
+
+
+class _Stop:
+    """SIGTERM / SIGINT while not serving: remember it; a second one forces the exit."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signals reach the main thread only: the caller stops us otherwise
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+        self._previous.clear()
+
+    def _handle(self, sig: int, _frame: FrameType | None) -> None:
+        name = signal.Signals(sig).name
+        if self.requested is None:
+            self.requested = name
+            log.info("%s received: stopping", name)
+            return
+        log.warning("second signal (%s) while stopping: exiting without waiting", name)
+        os._exit(1)
+
+
+def serve(
+    settings: Settings,
+    host: str,
+    port: int,
+    *,
+    broker: tuple[str, int] | None = None,
+    retention_s: float = DEFAULT_RETENTION_S,
+) -> int:
+    """Run the coordinator service until SIGTERM or Ctrl-C; returns the exit status.
+
+    Raises:
+        ConfigError, RegistryError: it could not start (nothing is left running).
+    """
+    stop = _Stop()
+    stop.install()  # before uvicorn: it re-raises the signal it caught once it has stopped
+    try:
+        service = build_service(settings, broker=broker, retention_s=retention_s)
+        db = service.resources.registry.engine.dialect.name
+        bhost, bport = service.broker
+        log.info(
+            "coordinator starting: database %s, broker %s:%d (as %s), API http://%s:%d",
+            db,
+            bhost,
+            bport,
+            INGEST_USER,
+            host,
+            port,
+        )
+        started = False
+        try:
+            service.start()
+            app = create_app(settings, service.resources)
+            config = uvicorn.Config(
+                app, host=host, port=port, lifespan="on", log_level="info", access_log=False
+            )
+            server = uvicorn.Server(config)
+            if stop.requested is None:
+                try:
+                    server.run()
+                except SystemExit as exc:  # uvicorn exits like this when it cannot bind
+                    log.error("the API server could not start (status %s)", exc.code)
+                started = server.started
+                log.info("API server stopped")
+            else:
+                started = True  # stopped before it served: a requested, clean stop
+        finally:
+            service.close()
+        log.info("coordinator stopped")
+        return 0 if started else 1
+    finally:
+        stop.restore()
