@@ -35,6 +35,7 @@ from cloud.broker import BrokerFiles, refresh_broker
 from cloud.config import Settings
 from cloud.deployment.publisher import Publisher
 from cloud.fleet.store import FleetStore
+from cloud.fleet.sync import fail_interrupted_deployments, import_key_home
 from cloud.ingest import DEFAULT_RETENTION_S, IngestWorker, RetentionJob
 from cloud.keys import INGEST_USER, KeyHome
 from cloud.registry import Registry
@@ -187,6 +188,9 @@ def build_service(
         files = resources.broker_files or BrokerFiles(settings.home / "broker")
         host, port = broker or broker_address(files)
         _ingest_identity(resources.home, files)
+        now = resources.now()
+        import_key_home(resources.home, resources.store, now=now)  # CLI-enrolled devices
+        fail_interrupted_deployments(resources.store, now=now)
         worker = IngestWorker(resources.home, host, port, resources.store)
         retention = RetentionJob(
             resources.store, retention_s=retention_s, interval_s=retention_interval_s

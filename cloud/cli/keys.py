@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from cloud.cli.common import JsonFlag, cli_errors, emit, key_home
+from cloud.cli.common import JsonFlag, cli_errors, emit, key_home, open_registry
 
 __all__ = ["keys_app"]
 
@@ -101,6 +101,20 @@ def revoke(
         )
 
 
+def _sync_fleet_db(home: Any) -> None:
+    """Record the key home's enrollments in the fleet database (what the service serves)."""
+    import time
+
+    from cloud.fleet.store import FleetStore
+    from cloud.fleet.sync import import_key_home
+
+    registry = open_registry()
+    try:
+        import_key_home(home, FleetStore.from_registry(registry), now=time.time())
+    finally:
+        registry.close()
+
+
 @keys_app.command("enroll-device")
 def enroll_device(
     device_id: Annotated[
@@ -121,10 +135,10 @@ def enroll_device(
         check_identifier(hardware_id, IdentifierKind.HARDWARE)
         for g in group or []:
             check_new_name(g, IdentifierKind.GROUP)
-        emit(
-            key_home().enroll_device(device_id, hardware_id=hardware_id, groups=group or []),
-            as_json,
-        )
+        home = key_home()
+        result = home.enroll_device(device_id, hardware_id=hardware_id, groups=group or [])
+        _sync_fleet_db(home)
+        emit(result, as_json)
 
 
 @keys_app.command("revoke-device")
@@ -142,4 +156,5 @@ def revoke_device(
         home = key_home()
         result = home.revoke_device(device_id)
         result |= broker_files().refresh(home, evict=(device_id,))
+        _sync_fleet_db(home)
         emit(result, as_json)

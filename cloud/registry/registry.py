@@ -113,7 +113,8 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
     if not sep or number == "latest":
         return name, None
     try:
-        return name, parse_ascii_uint(number, what="version number", max_value=2**53)
+        # The column is a 32-bit integer on PostgreSQL.
+        return name, parse_ascii_uint(number, what="version number", max_value=2**31 - 1)
     except ProtocolError as exc:  # one ASCII number grammar (docs/protocol.md N1)
         raise NotFoundError(
             f"bad version reference {ref[:80]!r}: expected MODEL@N with N a number"
