@@ -120,12 +120,14 @@ def parse_broker_url(url: str) -> BrokerAddress:
     try:
         parts = urlsplit(url)
         port = _broker_port(parts.netloc)
-    except ValueError as exc:
-        raise ConfigError(f"invalid broker URL {url!r}: {exc}") from exc
+    except ValueError as exc:  # never echo the URL: it may carry user:password
+        raise ConfigError(f"invalid broker URL: {exc}") from exc
     if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-        raise ConfigError(f"broker URL scheme must be mqtt:// or mqtts://, got {parts.scheme!r}")
+        raise ConfigError(
+            f"broker URL scheme must be mqtt:// or mqtts://, got {parts.scheme[:16]!r}"
+        )
     if not parts.hostname:
-        raise ConfigError(f"broker URL {url!r} has no host")
+        raise ConfigError("broker URL has no host")
     tls = parts.scheme in ("mqtts", "ssl")
     return BrokerAddress(parts.hostname, port or (8883 if tls else 1883), tls)
 
