@@ -28,17 +28,14 @@ from types import FrameType
 
 import uvicorn
 
-from cloud.api.app import broker_address, create_app, database_check
+from cloud.api.app import broker_address, create_app
+from cloud.api.app import build_resources as api_resources
 from cloud.api.deps import HealthCheck, Resources
-from cloud.api.jobs import DeploymentJobs
 from cloud.broker import BrokerFiles, refresh_broker
 from cloud.config import Settings
-from cloud.deployment.publisher import Publisher
-from cloud.fleet.store import FleetStore
 from cloud.fleet.sync import fail_interrupted_deployments, import_key_home
 from cloud.ingest import DEFAULT_RETENTION_S, IngestWorker, RetentionJob
 from cloud.keys import INGEST_USER, KeyHome
-from cloud.registry import Registry
 from shared.errors import ConfigError
 
 __all__ = ["CoordinatorService", "build_resources", "build_service", "serve"]
@@ -47,39 +44,9 @@ log = logging.getLogger(__name__)
 
 
 def build_resources(settings: Settings, *, broker: tuple[str, int] | None = None) -> Resources:
-    """Open what the API serves from: registry and fleet store (one database, migrated), key
-    home, deployment jobs and the broker configuration.
-
-    Args:
-        settings: Where the state lives.
-        broker: The broker's TLS listener for publishes; None: the listener of the
-            configuration in ``$FEDGE_HOME/broker`` (read per job), else 127.0.0.1:8883.
-
-    Raises:
-        RegistryError: the database cannot be opened or migrated.
-    """
-    registry = Registry.from_settings(settings)
-    try:
-        store = FleetStore.from_registry(registry)
-        home = KeyHome(settings.home / "keys")
-        files = BrokerFiles(settings.home / "broker")
-
-        def publisher() -> Publisher:
-            host, port = broker or broker_address(files)  # per job: the config may change
-            return Publisher(registry, home, host=host, port=port)
-
-        jobs = DeploymentJobs(store, home, publisher)
-    except BaseException:
-        registry.close()
-        raise
-    return Resources(
-        registry=registry,
-        store=store,
-        home=home,
-        jobs=jobs,
-        broker_files=files,
-        health={"database": database_check(registry)},
-    )
+    """The API's resources (:func:`cloud.api.app.build_resources`); the service adds its
+    own broker and ingestion checks in :func:`build_service`."""
+    return api_resources(settings, broker=broker)
 
 
 def _ingest_identity(home: KeyHome, files: BrokerFiles) -> None:

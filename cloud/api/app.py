@@ -94,8 +94,17 @@ def broker_check(files: BrokerFiles, timeout: float = 1.0) -> HealthCheck:
     return check
 
 
-def build_resources(settings: Settings) -> Resources:
-    """Open everything the API serves from, as the settings say."""
+def build_resources(settings: Settings, *, broker: tuple[str, int] | None = None) -> Resources:
+    """Open everything the API serves from, as the settings say.
+
+    Args:
+        settings: Where the state lives.
+        broker: The broker's TLS listener for publishes; None: the listener of the
+            configuration in ``$FEDGE_HOME/broker`` (read per job), else 127.0.0.1:8883.
+
+    Raises:
+        RegistryError: the database cannot be opened or migrated.
+    """
     registry = Registry.from_settings(settings)
     try:
         store = FleetStore.from_registry(registry)
@@ -103,7 +112,7 @@ def build_resources(settings: Settings) -> Resources:
         files = BrokerFiles(settings.home / "broker")
 
         def publisher() -> Publisher:
-            host, port = broker_address(files)  # read per job: the config may change
+            host, port = broker or broker_address(files)  # per job: the config may change
             return Publisher(registry, home, host=host, port=port)
 
         jobs = DeploymentJobs(store, home, publisher)
