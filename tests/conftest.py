@@ -49,15 +49,21 @@ def postgres_url() -> Iterator[str]:
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def registry(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of an empty database on each backend (a fresh PostgreSQL schema)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'registry.db'}"
+    url = request.getfixturevalue("postgres_url")
+    assert isinstance(url, str)
+    return url
+
+
+@pytest.fixture()
+def registry(database_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
     """A registry on each backend, with its blob store in a temporary directory."""
     from cloud.registry import Registry
 
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'registry.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    reg = Registry(url, tmp_path / "artifacts")
+    reg = Registry(database_url, tmp_path / "artifacts")
     yield reg
     reg.close()
 

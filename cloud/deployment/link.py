@@ -8,20 +8,20 @@ in-memory broker in unit tests (``tests/fakes``).
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import queue
 import ssl
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol, TextIO
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from cloud.identity_lock import IdentityLock
 from cloud.keys import COORDINATOR_USER, KeyHome
 from shared.errors import ConfigError, ProtocolError
 from shared.numbers import parse_ascii_uint
@@ -94,8 +94,11 @@ class CoordinatorLink:
         self, home: KeyHome, *, host: str, port: int, client_id: str = COORDINATOR_USER
     ) -> None:
         cdir = home.path / "coordinator"
-        self._lock_path = cdir / "broker.lock"
-        self._lock: TextIO | None = None
+        self._lock = IdentityLock(
+            cdir / "broker.lock",
+            busy="another coordinator connection is active for this key home (the broker "
+            "allows one session per identity): wait for it to finish",
+        )
         self.failure: str | None = None  # why the link is unusable (taken over)
         self._connected_at = 0.0
         self._flaps = 0
@@ -191,25 +194,10 @@ class CoordinatorLink:
             raise ConfigError(f"broker refused the coordinator: {self._refused or 'timeout'}")
 
     def _acquire(self) -> None:
-        """One coordinator connection per key home at a time (see the class docstring)."""
-        try:
-            handle = open(self._lock_path, "a")  # noqa: SIM115 - held while connected
-        except OSError as exc:
-            raise ConfigError(f"cannot open {self._lock_path}: {exc.strerror}") from exc
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            handle.close()
-            raise ConfigError(
-                "another coordinator connection is active for this key home (the broker "
-                "allows one session per identity): wait for it to finish"
-            ) from exc
-        self._lock = handle
+        self._lock.acquire()
 
     def _release(self) -> None:
-        if self._lock is not None:
-            self._lock.close()  # closing the file releases the lock
-            self._lock = None
+        self._lock.release()
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> mqtt.MQTTMessageInfo:
         """Publish at QoS 1 (paho retries after a reconnect).

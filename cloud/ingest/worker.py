@@ -22,7 +22,6 @@ flight and disconnects *without* ending the session.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import queue
 import ssl
@@ -31,7 +30,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TextIO
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -41,6 +40,7 @@ from paho.mqtt.properties import Properties
 from cloud.deployment.evidence import DeviceStatus
 from cloud.deployment.link import Incoming
 from cloud.fleet.records import StatusRecord, TelemetryRecord
+from cloud.identity_lock import IdentityLock
 from cloud.ingest.attribution import DeviceTelemetry, IngestAttribution
 from cloud.keys import INGEST_USER, KeyHome
 from cloud.observability import INFERENCE_LATENCY, INGEST_DROPPED, INGEST_LAG, INGEST_MESSAGES
@@ -182,8 +182,12 @@ class IngestWorker:
         self._clock = clock
         self._host, self._port = host, port
         self._session_expiry_s = session_expiry_s
-        self._lock_path = home.ingest_dir / "broker.lock"
-        self._lock: TextIO | None = None
+        # One worker per key home: a second one would take the session over (flapping).
+        self._lock = IdentityLock(
+            home.ingest_dir / "broker.lock",
+            busy="another ingest worker is running for this key home (the broker allows one "
+            "fedge-ingest session): stop it first",
+        )
         self._attribution = IngestAttribution()
         self._reported_drops: Counter[str] = Counter()  # what the metric was told (writer)
         self._dropped_view: dict[str, int] = {}  # what ``stats`` shows (under _state_lock)
@@ -396,26 +400,10 @@ class IngestWorker:
         )
 
     def _acquire(self) -> None:
-        """One worker per key home: a second one would take the session over (flapping)."""
-        try:
-            self._lock_path.parent.mkdir(parents=True, exist_ok=True)
-            handle = open(self._lock_path, "a")  # noqa: SIM115 - held while running
-        except OSError as exc:
-            raise ConfigError(f"cannot open {self._lock_path}: {exc.strerror}") from exc
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            handle.close()
-            raise ConfigError(
-                "another ingest worker is running for this key home (the broker allows one "
-                "fedge-ingest session): stop it first"
-            ) from exc
-        self._lock = handle
+        self._lock.acquire()
 
     def _release(self) -> None:
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
+        self._lock.release()
 
     @property
     def stats(self) -> IngestStats:

@@ -35,16 +35,6 @@ FLEET_TABLES = {
 }
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A URL of an empty database on each backend."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'db.sqlite'}"
-    url = request.getfixturevalue("postgres_url")
-    assert isinstance(url, str)
-    return url
-
-
 @pytest.fixture()
 def engine(database_url: str) -> Iterator[Engine]:
     eng = create_engine(database_url)

@@ -67,15 +67,6 @@ class Api:
         return result
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The fleet database on each backend."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'fleet.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
-
-
 @pytest.fixture(scope="session")
 def _key_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = KeyHome(tmp_path_factory.mktemp("keys-template") / "keys")
