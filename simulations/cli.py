@@ -31,6 +31,7 @@ def _build_app() -> typer.Typer:
     """The full ``fedge`` command (imports the cloud command groups)."""
     from cloud.cli.broker import broker_app
     from cloud.cli.commands import register as register_commands
+    from cloud.cli.devices import devices_app
     from cloud.cli.federate import register as register_federate
     from cloud.cli.keys import keys_app
     from cloud.cli.pipeline import cloud_app, models_app
@@ -51,6 +52,7 @@ def _build_app() -> typer.Typer:
     cloud_app.command("serve")(serve_cmd)
     root.add_typer(cloud_app, name="cloud")
     root.add_typer(models_app, name="models")
+    root.add_typer(devices_app, name="devices")
     root.add_typer(keys_app, name="keys")
     root.add_typer(broker_app, name="broker")
     root.add_typer(edge_app, name="edge")

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
+from cloud.cli.remote import ApiOption, TokenOption, client_for
 from cloud.federation import defaults
 
 JSON_HELP = "Print one JSON object on stdout."
@@ -78,8 +79,43 @@ def federate_cmd(
     ] = 9093,
     verbose: Annotated[bool, typer.Option(help="Show Flower's own log.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+    api: ApiOption = None,
+    token: TokenOption = None,
 ) -> None:
-    """Run R federated rounds over N simulated devices; store every round in the registry."""
+    """Run R federated rounds over N simulated devices; store every round in the registry.
+
+    With ``--api URL`` the run is asked of the coordinator (``POST /v1/federation/runs``)
+    and the server's answer is printed; a coordinator that cannot start runs answers with a
+    problem (``not_implemented``), printed as an error (exit 2).
+    """
+    if api:
+        wanted: dict[str, Any] = {
+            "data": data,
+            "clients": clients,
+            "rounds": rounds,
+            "strategy": strategy,
+            "fraction": fraction,
+            "min_clients": min_clients,
+            "round_timeout": round_timeout,
+            "local_epochs": local_epochs,
+            "lr": lr,
+            "lr_decay": lr_decay,
+            "batch_size": batch_size,
+            "proximal_mu": proximal_mu,
+            "update": update,
+            "topk_fraction": topk_fraction,
+            "alpha": alpha,
+            "init": init,
+            "name": name,
+            "quantize": quantize,
+            "max_drop": max_drop,
+            "seed": seed,
+            "secagg": secagg,
+            "secagg_timeout": secagg_timeout,
+            "engine": engine,
+        }
+        _federate_remote(api, token, wanted, json_out)
+        return
     from cloud.cli.common import cli_errors, emit_json, err_console, open_registry, out_console
     from cloud.federation.plan import FederationPlan, RoundReport
     from cloud.federation.simulation import run_simulated_federation
@@ -143,6 +179,15 @@ def federate_cmd(
         f"run {result.run_id}: best {result.best_version}; "
         f"quantized {q.get('selected') or 'no'}; deployable {result.deployable}"
     )
+
+
+def _federate_remote(api: str, token: str | None, plan: dict[str, Any], json_out: bool) -> None:
+    """``federate --api``: ask the coordinator to start the run; print what it answers."""
+    from cloud.cli.common import cli_errors, emit
+
+    with cli_errors():
+        answer = client_for(api, token).post("/v1/federation/runs", plan)
+    emit(answer if isinstance(answer, dict) else {"answer": answer}, json_out)
 
 
 def _deploy(plan: Any, on_round: Any, client_app: str | None, host: str, port: int) -> Any:

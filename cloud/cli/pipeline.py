@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar, cast
 
@@ -22,7 +23,9 @@ from cloud.cli.common import (
     open_registry,
     out_console,
 )
+from cloud.cli.remote import ApiOption, TokenOption, client_for
 from cloud.config import Settings
+from shared.errors import ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -191,8 +194,13 @@ def quantize_cmd(
 def models_list(
     model: Annotated[str | None, typer.Option(help="Only versions of this model.")] = None,
     json_out: JsonFlag = False,
+    api: ApiOption = None,
+    token: TokenOption = None,
 ) -> None:
     """List model versions with their accuracy and artifacts."""
+    if api:
+        _remote_models_list(api, token, model, json_out)
+        return
     with cli_errors():
         versions = _with_registry(lambda reg: reg.list_versions(model))
     if json_out:
@@ -211,6 +219,47 @@ def models_list(
             f"{acc:.2%}" if acc is not None else "",
             arts or "not quantized",
             v.created_at.strftime("%Y-%m-%d %H:%M"),
+        )
+    out_console.print(table)
+
+
+def _remote_models_list(api: str, token: str | None, model: str | None, json_out: bool) -> None:
+    """``models list --api``: ``GET /v1/models``, printed like the local listing.
+
+    The JSON is the API's ``VersionOut`` list, each with ``version`` (= ``ref``) as in the
+    local listing.
+    """
+    with cli_errors():
+        answer = client_for(api, token).get("/v1/models", {"model": model})
+        if not isinstance(answer, dict) or not isinstance(answer.get("items"), list):
+            raise ProtocolError(f"GET /v1/models: expected a version list, got {answer!r:.80}")
+        versions: list[dict[str, Any]] = [
+            {**v, "version": v.get("ref")} for v in answer["items"] if isinstance(v, dict)
+        ]
+    if json_out:
+        emit_json(versions)
+        return
+    table = Table(title="model versions")
+    for col in ("version", "source", "parent", "test accuracy", "artifacts", "created"):
+        table.add_column(col)
+    for v in versions:
+        acc = (v.get("metrics") or {}).get("test_accuracy")
+        arts = ", ".join(
+            f"{a['precision']}:{a['status']}"
+            for a in v.get("artifacts") or []
+            if a.get("format") == "tflite"
+        )
+        try:
+            created = datetime.fromisoformat(str(v.get("created_at"))).strftime("%Y-%m-%d %H:%M")
+        except ValueError:
+            created = str(v.get("created_at") or "")
+        table.add_row(
+            str(v.get("ref")),
+            str(v.get("source") or ""),
+            v.get("parent") or "",
+            f"{acc:.2%}" if isinstance(acc, int | float) else "",
+            arts or "not quantized",
+            created,
         )
     out_console.print(table)
 

@@ -1,4 +1,4 @@
-"""``fedge cloud publish VERSION --devices ID… | --group NAME [--json]``.
+"""``fedge cloud publish VERSION --devices ID… | --group NAME [--json] [--api URL]``.
 
 Register it on the cloud app with :func:`register` (``cloud/cli.py`` owns the app).
 Exit code 0 when every device committed, 1 when any failed or timed out, 2 on an error.
@@ -7,12 +7,15 @@ Exit code 0 when every device committed, 1 when any failed or timed out, 2 on an
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from cloud.cli.common import cli_errors, emit_json
+from cloud.cli.remote import ApiClient, ApiOption, RemoteError, TokenOption, client_for
+from shared.errors import ConfigError, FedgeError, ProtocolError
 
 if TYPE_CHECKING:
     from cloud.deployment.report import PublishReport
@@ -38,11 +41,21 @@ def publish_cmd(
     ] = "127.0.0.1:8883",
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait.")] = 120.0,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    api: ApiOption = None,
+    token: TokenOption = None,
 ) -> None:
-    """Send an approved (never a rejected) artifact to devices and report per-device outcome."""
+    """Send an approved (never a rejected) artifact to devices and report per-device outcome.
+
+    With ``--api URL`` the coordinator publishes (``POST /v1/deployments``) and this command
+    follows the deployment until it ends or ``--timeout`` passes (the coordinator goes on;
+    ``--broker`` is then the coordinator's business and is ignored).
+    """
+    if api:
+        _publish_remote(api, token, version, _split(devices), group, timeout, json_out)
+        return
     from cloud.config import Settings
     from cloud.deployment.link import parse_broker
-    from cloud.deployment.publisher import Outcome, Publisher, select_devices
+    from cloud.deployment.publisher import Publisher, select_devices
     from cloud.keys import KeyHome
     from cloud.registry import Registry
 
@@ -60,8 +73,16 @@ def publish_cmd(
                 )
         finally:
             registry.close()
+    _finish(report, json_out)
+
+
+def _finish(report: PublishReport, json_out: bool, extra: dict[str, object] | None = None) -> None:
+    """Print the per-device outcomes (or the JSON report, with ``extra`` keys); exit 1
+    unless every device committed."""
+    from cloud.deployment.publisher import Outcome
+
     if json_out:
-        emit_json(report.to_dict())
+        emit_json(report.to_dict() | (extra or {}))
     else:
         for result in report.devices.values():
             reason = f" ({result.reason})" if result.reason else ""
@@ -72,6 +93,128 @@ def publish_cmd(
             typer.echo(f"timeline: {phases}")
     if any(r.outcome is not Outcome.COMMITTED for r in report.devices.values()):
         raise typer.Exit(1)
+
+
+#: Seconds between two ``GET /v1/deployments/{id}`` while following a remote publish.
+POLL_S = 0.5
+_FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
+
+
+def _deployment(answer: object) -> dict[str, Any]:
+    """A ``DeploymentOut`` answer, checked enough to be read."""
+    if (
+        not isinstance(answer, dict)
+        or not isinstance(answer.get("deployment_id"), str)
+        or not isinstance(answer.get("devices"), list)
+    ):
+        raise ProtocolError(f"expected a deployment from the coordinator, got {answer!r:.80}")
+    return answer
+
+
+def _remote_report(deployment: dict[str, Any], seconds: float, *, final: bool) -> PublishReport:
+    """The deployment as a :class:`PublishReport` (``pending`` is the report's undecided
+    ``timeout``; at the end a device still pending is reported as a timeout)."""
+    from cloud.deployment.report import DeviceResult, Outcome, PublishReport
+
+    finished = deployment.get("finished_at") is not None
+    results: dict[str, DeviceResult] = {}
+    for d in deployment["devices"]:
+        device_id = str(d.get("device_id"))
+        raw = d.get("outcome")
+        outcome = Outcome(raw) if raw in {str(o) for o in Outcome} else Outcome.TIMEOUT
+        reason = d.get("reason")
+        if final and raw == "pending" and reason is None and not finished:
+            reason = "no outcome within --timeout; the coordinator is still publishing"
+        results[device_id] = DeviceResult(
+            device_id,
+            outcome=outcome,
+            reason=reason,
+            encoding=d.get("encoding"),
+            precision=d.get("precision"),
+        )
+    report = PublishReport(str(deployment.get("version_ref", "")), "", results)
+    report.bytes_sent = int(deployment.get("bytes_sent") or 0)
+    report.seconds = seconds
+    return report
+
+
+def _artifact_sha256(client: ApiClient, ref: str) -> str:
+    """The version's preferred approved TFLite artifact, as the publisher picks it (best
+    effort: "" when the API does not say)."""
+    from shared.precision import precision_rank
+
+    model, _, number = ref.partition("@")
+    try:
+        info = client.get(f"/v1/models/{model}/versions/{number}")
+    except FedgeError:
+        return ""
+    artifacts = info.get("artifacts") if isinstance(info, dict) else None
+    approved = [
+        a
+        for a in artifacts or []
+        if isinstance(a, dict) and a.get("format") == "tflite" and a.get("status") == "approved"
+    ]
+    if not approved:
+        return ""
+    best = min(approved, key=lambda a: (precision_rank(str(a["precision"])), a.get("bytes", 0)))
+    return str(best.get("sha256", ""))
+
+
+def _job_error(deployment: dict[str, Any]) -> RemoteError:
+    """The error of a deployment job that ended before any device had an outcome."""
+    text = str(deployment.get("error") or f"deployment {deployment['state']}")
+    code, sep, message = text.partition(": ")
+    if not sep or not code.replace("_", "").isalnum():
+        code, message = "deployment_failed", text
+    return RemoteError(f"deployment {deployment['deployment_id']}: {message}", code=code)
+
+
+def _publish_remote(
+    api: str,
+    token: str | None,
+    version: str,
+    devices: list[str],
+    group: str | None,
+    timeout: float,
+    json_out: bool,
+) -> None:
+    """``publish --api``: ``POST /v1/deployments``, then follow it until it ends."""
+    with cli_errors():
+        if bool(devices) == (group is not None):
+            raise ConfigError("give either --devices or --group")
+        client = client_for(api, token)
+        started = time.monotonic()
+        body: dict[str, object] = {"version": version}
+        body.update({"devices": devices} if devices else {"group": group})
+        deployment = _deployment(client.post("/v1/deployments", body))
+        path = f"/v1/deployments/{deployment['deployment_id']}"
+        deadline = started + timeout
+        with _progress(len(deployment["devices"]), enabled=not json_out) as on_progress:
+            while True:
+                if on_progress is not None:
+                    on_progress(_remote_report(deployment, 0.0, final=False))
+                done = deployment.get("finished_at") is not None
+                if done or deployment.get("state") in _FINAL_STATES:
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                time.sleep(min(POLL_S, left))
+                deployment = _deployment(client.get(path))
+        report = _remote_report(deployment, time.monotonic() - started, final=True)
+        undecided = all(d.get("outcome") == "pending" for d in deployment["devices"])
+        if deployment.get("state") in ("failed", "cancelled") and undecided:
+            raise _job_error(deployment)
+        report.artifact_sha256 = _artifact_sha256(client, report.version)
+    _finish(
+        report,
+        json_out,
+        {
+            "deployment_id": deployment["deployment_id"],
+            "state": deployment.get("state"),
+            "error": deployment.get("error"),
+        },
+    )
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ from cloud.keys import KeyHome
 from cloud.registry import ArtifactStatus, Registry, VersionSource
 from cloud.registry.registry import NewArtifact
 from shared.artifacts.manifest import manifest_from_bytes
+from shared.precision import Precision
 from shared.protocol import topics
 from shared.protocol.codec import decode_message_as, encode_message
 from shared.protocol.messages import (
@@ -169,7 +170,7 @@ def test_a_status_claiming_another_device_is_dropped_and_counted(world: World) -
             version=1,
             artifact_id=AID,
             sha256=hashlib.sha256(INT8).hexdigest(),
-            precision="int8",
+            precision=Precision.INT8,
             slot="a",
         ),
     )
@@ -185,7 +186,12 @@ def test_a_status_claiming_another_device_is_dropped_and_counted(world: World) -
 def test_a_commit_is_serving_the_exact_artifact(world: World) -> None:
     """Class 2: same model and version but another file is not the target."""
     wrong = ServingInfo(
-        model_id="cnn", version=1, artifact_id=AID, sha256="0" * 64, precision="int8", slot="a"
+        model_id="cnn",
+        version=1,
+        artifact_id=AID,
+        sha256="0" * 64,
+        precision=Precision.INT8,
+        slot="a",
     )
     dev = world.device("dev-a", serving=wrong, floor=0, answer="silent")
     report = world.publish("cnn@1", ["dev-a"])
@@ -199,7 +205,7 @@ def test_a_device_already_serving_the_target_is_committed_without_a_send(world: 
         version=1,
         artifact_id=AID,
         sha256=hashlib.sha256(INT8).hexdigest(),
-        precision="int8",
+        precision=Precision.INT8,
         slot="b",
     )
     dev = world.device("dev-a", serving=exact, floor=1)
