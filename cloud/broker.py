@@ -211,7 +211,12 @@ def render_conf(files: BrokerFiles, home: KeyHome, *, port: int, bind: str) -> s
             "log_type warning",
             "log_type notice",
             "max_packet_size 131072",  # AWS IoT Core's 128 KB limit, enforced here too
-            "max_queued_messages 5000",  # a resuming device can catch a whole artifact
+            # Per client. A resuming device must catch a whole artifact (≤ 1024 chunks), and the
+            # ingestion session must absorb bursts: past this queue Mosquitto DROPS QoS 1
+            # messages for that subscriber while still acknowledging the publisher
+            # (benchmarks/control_plane.py saw it at 5000). Bounded in bytes too (memory).
+            "max_queued_messages 200000",
+            "max_queued_bytes 268435456",
             "",
             f"listener {port} {bind}",
             f"cafile {tls / 'ca.crt'}",

@@ -1,10 +1,11 @@
 """The fleet's state in the registry database (SQLAlchemy; SQLite by default, PostgreSQL by URL).
 
 Devices, one-time enrollment tokens, API tokens, device status (latest and history),
-telemetry (a time series with a retention bound), deployments with per-device outcomes and
-the audit log. Key material never enters the database: private keys stay in the key home
-(0600); the database holds public facts and hashes only (tokens are stored as SHA-256 of a
-256-bit random secret: a fast hash is enough for a secret that cannot be guessed).
+telemetry (a time series with a retention bound), deployments with per-device outcomes,
+federated runs with their rounds and the audit log. Key material never enters the database:
+private keys stay in the key home (0600); the database holds public facts and hashes only
+(tokens are stored as SHA-256 of a 256-bit random secret: a fast hash is enough for a secret
+that cannot be guessed).
 
 Every method is one transaction and is safe to call from several threads (a session per
 call). Writes of device messages are idempotent by ``(device_id, msg_id)``: an MQTT QoS 1
@@ -27,9 +28,10 @@ Design notes:
   replaces the stored state only if ``sent_at > last_status_at``; ``last_seen`` is the
   maximum receive time of any status or telemetry.
 - Cursors: ``list_devices`` takes the last device id of the previous page (plain text).
-  ``list_deployments`` / ``list_audit`` are newest first by ``(created_at, deployment_id)``
-  resp. ``(at, id)``; their cursor is URL-safe base64 (no padding) of
-  ``"<float repr of the time>:<id>"`` — treat it as opaque. A cursor that does not decode
+  ``list_deployments`` / ``list_runs`` / ``list_audit`` are newest first by
+  ``(created_at, deployment_id)`` resp. ``(created_at, run_id)`` resp. ``(at, id)``; their
+  cursor is URL-safe base64 (no padding) of ``"<float repr of the time>:<id>"`` — treat it
+  as opaque. A cursor that does not decode
   is a ``ConfigError`` (code ``invalid_cursor``).
 - ``list_devices(online=False)`` matches devices not known to be online (``online`` false
   or never reported).
@@ -46,6 +48,9 @@ import base64
 import binascii
 import hashlib
 import hmac
+import json
+import math
+import re
 import secrets
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -53,11 +58,13 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
-    Insert,
+    JSON,
     Table,
+    Text,
     and_,
     bindparam,
     case,
+    cast,
     delete,
     exists,
     func,
@@ -66,6 +73,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -78,6 +86,9 @@ from cloud.fleet.records import (
     Device,
     DeviceOutcome,
     EnrollmentToken,
+    FederationRound,
+    FederationRun,
+    FederationRunState,
     Page,
     Role,
     StatusRecord,
@@ -93,6 +104,8 @@ from cloud.fleet.schema import (
     DeviceRow,
     DeviceStatusRow,
     EnrollmentTokenRow,
+    FederationRoundRow,
+    FederationRunRow,
     TelemetryRow,
 )
 from shared.errors import ConfigError, InvalidTokenError, NotFoundError, RegistryError
@@ -246,6 +259,50 @@ def _deployment(row: DeploymentRow, outcomes: Sequence[DeploymentDeviceRow]) -> 
         error=row.error,
         devices=[_outcome(o) for o in sorted(outcomes, key=lambda o: o.device_id)],
         bytes_sent=row.bytes_sent,
+    )
+
+
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def _run_id(run_id: object) -> str:
+    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
+        raise ConfigError(f"invalid run id {str(run_id)[:80]!r}", code="invalid_argument")
+    return run_id
+
+
+def _finite(value: float | None) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def _fed_round(row: FederationRoundRow) -> FederationRound:
+    return FederationRound(
+        round=row.round,
+        accuracy=row.accuracy,
+        loss=row.loss,
+        participants=row.participants,
+        rejected=row.rejected,
+        failed=row.failed,
+        bytes_up=row.bytes_up,
+        bytes_down=row.bytes_down,
+        seconds=row.seconds,
+        version=row.version,
+    )
+
+
+def _fed_run(row: FederationRunRow, rounds: Sequence[FederationRoundRow]) -> FederationRun:
+    return FederationRun(
+        run_id=row.run_id,
+        name=row.name,
+        state=FederationRunState(row.state),
+        plan=dict(row.plan),
+        created_at=row.created_at,
+        created_by=row.created_by,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        error=row.error,
+        best_version=row.best_version,
+        rounds=[_fed_round(r) for r in sorted(rounds, key=lambda r: r.round)],
     )
 
 
@@ -598,17 +655,50 @@ class FleetStore:
 
     def _insert_new(self, session: Session, table: Any, rows: list[dict[str, Any]]) -> int:
         """Insert, skipping existing ``(device_id, msg_id)``; returns how many were new."""
-        insert = self._insert(session)
-        new = 0
-        for i in range(0, len(rows), _CHUNK):
-            stmt: Insert = insert(table).values(rows[i : i + _CHUNK])
-            stmt = stmt.on_conflict_do_nothing(  # type: ignore[attr-defined]
-                index_elements=["device_id", "msg_id"]
-            )
-            # RETURNING lists exactly the rows inserted (a skipped repeat returns nothing);
-            # the driver's rowcount is not reliable for this on every backend.
-            new += len(session.execute(stmt.returning(table.c.id)).all())
-        return new
+        if not rows:
+            return 0
+        if session.get_bind().dialect.name == "postgresql":
+            return self._insert_new_unnest(session, table, rows)
+        # One statement, executed with a parameter list: SQLAlchemy batches it into
+        # multi-row INSERTs ("insertmanyvalues") and compiles it once (cached), where a
+        # ``.values(list)`` statement is compiled anew for every batch.
+        stmt = self._insert(session)(table).on_conflict_do_nothing(
+            index_elements=["device_id", "msg_id"]
+        )
+        # RETURNING lists exactly the rows inserted (a skipped repeat returns nothing);
+        # the driver's rowcount is not reliable for this on every backend.
+        result = session.connection().execute(stmt.returning(table.c.id), rows)
+        return len(result.all())
+
+    @staticmethod
+    def _insert_new_unnest(session: Session, table: Any, rows: list[dict[str, Any]]) -> int:
+        """PostgreSQL: ``INSERT … SELECT FROM unnest(one array per column)``.
+
+        One short statement with one parameter per column, whatever the batch size: the
+        server parses it once and the driver caches it. A multi-row VALUES list (thousands of
+        placeholders) cost ~0.3 ms of CPU per row in SQL compilation and query conversion,
+        which capped ingestion far below the broker's rate (benchmarks/control_plane.py).
+        """
+        names = list(rows[0])
+        columns: list[Any] = []
+        params: dict[str, list[Any]] = {}
+        for name in names:
+            column = table.c[name]
+            values = [r[name] for r in rows]
+            if isinstance(column.type, JSON):  # arrays of json travel as text, cast back
+                params[name] = [json.dumps(v) if v is not None else None for v in values]
+                columns.append(cast(func.unnest(bindparam(name, type_=ARRAY(Text))), JSON))
+            else:
+                params[name] = values
+                columns.append(func.unnest(bindparam(name, type_=ARRAY(column.type))))
+        source = select(*columns)
+        stmt = (
+            postgresql.insert(table)
+            .from_select(names, source)
+            .on_conflict_do_nothing(index_elements=["device_id", "msg_id"])
+            .returning(table.c.id)
+        )
+        return len(session.execute(stmt, params).all())
 
     @staticmethod
     def _bump_last_seen(session: Session, seen: dict[str, float]) -> None:
@@ -940,6 +1030,150 @@ class FleetStore:
             items = [_deployment(r, outcomes[r.deployment_id]) for r in rows]
         last = rows[-1] if rows else None
         next_cursor = _encode_cursor(last.created_at, last.deployment_id) if more and last else None
+        return Page(items=items, next_cursor=next_cursor)
+
+    # --- federated runs -------------------------------------------------------------------
+    def create_run(
+        self,
+        run_id: str,
+        *,
+        plan: dict[str, Any],
+        created_by: str,
+        now: float,
+        name: str | None = None,
+    ) -> FederationRun:
+        """A ``pending`` federated run (``run_id`` is the plan's: the registry lineage's).
+
+        Raises:
+            ConfigError: an invalid id (``invalid_argument``) or one already used
+                (``run_exists``).
+        """
+        row = FederationRunRow(
+            run_id=_run_id(run_id),
+            name=None if name is None else name[:200],
+            state=FederationRunState.PENDING.value,
+            plan=dict(plan),
+            created_at=float(now),
+            created_by=created_by[:200],
+        )
+        try:
+            with self._tx() as session:
+                if session.get(FederationRunRow, row.run_id) is not None:
+                    raise ConfigError(f"run {row.run_id!r} already exists", code="run_exists")
+                session.add(row)
+                session.flush()
+                return _fed_run(row, [])
+        except RegistryError as exc:  # a concurrent insert of the same id
+            if isinstance(exc.__cause__, IntegrityError):
+                raise ConfigError(f"run {row.run_id!r} already exists", code="run_exists") from exc
+            raise
+
+    @staticmethod
+    def _fed_rounds(session: Session, run_ids: list[str]) -> dict[str, list[FederationRoundRow]]:
+        out: dict[str, list[FederationRoundRow]] = {r: [] for r in run_ids}
+        if run_ids:
+            rows = session.scalars(
+                select(FederationRoundRow).where(FederationRoundRow.run_id.in_(run_ids))
+            )
+            for r in rows:
+                out[r.run_id].append(r)
+        return out
+
+    @staticmethod
+    def _fed_run_row(session: Session, run_id: str) -> FederationRunRow:
+        row = session.get(FederationRunRow, run_id) if isinstance(run_id, str) else None
+        if row is None:
+            raise NotFoundError(f"unknown federated run {str(run_id)[:80]!r}")
+        return row
+
+    def update_run(
+        self,
+        run_id: str,
+        *,
+        state: FederationRunState | None = None,
+        started_at: float | None = None,
+        finished_at: float | None = None,
+        error: str | None = None,
+        best_version: str | None = None,
+        name: str | None = None,
+    ) -> FederationRun:
+        """Progress of a run (None: unchanged); returns the run with its rounds."""
+        new_state = None
+        if state is not None:
+            try:
+                new_state = FederationRunState(state)
+            except ValueError as exc:
+                raise ConfigError(
+                    f"unknown federated run state {state!r}", code="invalid_argument"
+                ) from exc
+        with self._tx() as session:
+            row = self._fed_run_row(session, run_id)
+            if new_state is not None:
+                row.state = new_state.value
+            if started_at is not None:
+                row.started_at = float(started_at)
+            if finished_at is not None:
+                row.finished_at = float(finished_at)
+            if error is not None:
+                row.error = error[:2000]
+            if best_version is not None:
+                row.best_version = best_version[:200]
+            if name is not None:
+                row.name = name[:200]
+            session.flush()
+            return _fed_run(row, self._fed_rounds(session, [row.run_id])[row.run_id])
+
+    def add_round(self, run_id: str, report: FederationRound) -> bool:
+        """Store one finished round; idempotent per ``(run_id, round)`` (a repeat is
+        ignored). Non-finite accuracy or loss is stored as None. Returns whether it was new.
+        """
+        if isinstance(report.round, bool) or not isinstance(report.round, int):
+            raise ConfigError(f"invalid round {report.round!r}", code="invalid_argument")
+        if report.round < 0:
+            raise ConfigError(f"invalid round {report.round!r}", code="invalid_argument")
+        values = {
+            "run_id": run_id,
+            "round": report.round,
+            "accuracy": _finite(report.accuracy),
+            "loss": _finite(report.loss),
+            "participants": int(report.participants),
+            "rejected": int(report.rejected),
+            "failed": int(report.failed),
+            "bytes_up": int(report.bytes_up),
+            "bytes_down": int(report.bytes_down),
+            "seconds": _finite(report.seconds) or 0.0,
+            "version": None if report.version is None else report.version[:200],
+        }
+        with self._tx() as session:
+            self._fed_run_row(session, run_id)
+            table = FederationRoundRow.__table__
+            stmt = self._insert(session)(table).values(values)
+            stmt = stmt.on_conflict_do_nothing(index_elements=["run_id", "round"])
+            return len(session.execute(stmt.returning(table.c.round)).all()) == 1
+
+    def get_run(self, run_id: str) -> FederationRun:
+        """One federated run with its rounds."""
+        with self._tx() as session:
+            row = self._fed_run_row(session, run_id)
+            return _fed_run(row, self._fed_rounds(session, [row.run_id])[row.run_id])
+
+    def list_runs(self, *, cursor: str | None = None, limit: int = 50) -> Page[FederationRun]:
+        """Newest first (by ``created_at``, then id; cursor: see the module docstring)."""
+        size = _limit(limit)
+        r = FederationRunRow
+        query = select(r)
+        if cursor is not None:
+            at, key = _decode_cursor(cursor)
+            query = query.where(or_(r.created_at < at, and_(r.created_at == at, r.run_id < key)))
+        query = query.order_by(r.created_at.desc(), r.run_id.desc()).limit(size + 1)
+        with self._tx() as session:
+            rows = list(session.scalars(query))
+            more = len(rows) > size
+            rows = rows[:size]
+            rounds = self._fed_rounds(session, [row.run_id for row in rows])
+            items = [_fed_run(row, rounds[row.run_id]) for row in rows]
+        last = rows[-1] if rows else None
+        next_cursor = _encode_cursor(last.created_at, last.run_id) if more and last else None
         return Page(items=items, next_cursor=next_cursor)
 
     # --- audit ----------------------------------------------------------------------------
