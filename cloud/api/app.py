@@ -7,8 +7,8 @@ when it stops (only those the lifespan built: passed-in resources belong to the 
 
 Layout ("bigger applications"): ``deps`` (resources, ``Depends`` aliases, audit), ``auth``
 (bearer tokens, roles), ``errors`` (RFC 9457 problems, body limit), ``jobs`` (background
-publishes), ``routes/<resource>`` (one router each, under ``/v1``; health and metrics at
-the root).
+publishes), ``federation_jobs`` (federated runs), ``routes/<resource>`` (one router each,
+under ``/v1``; health and metrics at the root).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from cloud.api.errors import (
     install_error_handlers,
     problem_media_types,
 )
+from cloud.api.federation_jobs import FederationJobs
 from cloud.api.jobs import DeploymentJobs
 from cloud.api.routes import deployments, devices, federation, health, models, telemetry, tokens
 from cloud.broker import BrokerFiles
@@ -116,6 +117,7 @@ def build_resources(settings: Settings, *, broker: tuple[str, int] | None = None
             return Publisher(registry, home, host=host, port=port)
 
         jobs = DeploymentJobs(store, home, publisher)
+        federation = FederationJobs(registry, store, home=settings.home)
     except BaseException:
         registry.close()
         raise
@@ -124,6 +126,7 @@ def build_resources(settings: Settings, *, broker: tuple[str, int] | None = None
         store=store,
         home=home,
         jobs=jobs,
+        federation=federation,
         broker_files=files,
         health={"database": database_check(registry), "broker": broker_check(files)},
     )

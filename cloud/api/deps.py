@@ -1,8 +1,9 @@
 """The API's long-lived resources and its ``Depends()`` aliases.
 
 ``Resources`` is what :func:`cloud.api.app.create_app` serves from: the registry, the fleet
-store, the key home, the deployment jobs, the broker configuration (if any) and the health
-checks of ``/readyz``. Routes never open anything themselves; they declare what they need::
+store, the key home, the deployment jobs, the federated runs, the broker configuration (if
+any) and the health checks of ``/readyz``. Routes never open anything themselves; they
+declare what they need::
 
     def revoke(device_id: str, res: ResourcesDep, token: AdminToken) -> DeviceOut: ...
 
@@ -25,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cloud.api.auth import authenticate, require_role
 from cloud.api.errors import ApiProblem
+from cloud.api.federation_jobs import FederationJobs
 from cloud.api.jobs import DeploymentJobs
 from cloud.broker import BrokerFiles
 from cloud.fleet.records import ApiToken, Role
@@ -37,6 +39,7 @@ __all__ = [
     "AdminToken",
     "Audit",
     "CurrentToken",
+    "FederationDep",
     "HealthCheck",
     "HomeDep",
     "JobsDep",
@@ -68,11 +71,25 @@ class Resources:
     #: ``database`` and ``broker`` (``/readyz`` needs both to pass).
     health: dict[str, HealthCheck] = field(default_factory=dict)
     now: Callable[[], float] = time.time
+    #: Federated runs (None: built on the registry and store, ``FEDGE_HOME`` being the
+    #: key home's parent).
+    federation: FederationJobs | None = None
+
+    def __post_init__(self) -> None:
+        if self.federation is None:
+            self.federation = FederationJobs(
+                self.registry, self.store, home=self.home.path.parent, now=self.now
+            )
 
     def close(self, *, wait: bool = True) -> None:
-        """Stop the jobs (waiting for running publishes) and release the database."""
-        self.jobs.shutdown(wait=wait)
-        self.registry.close()
+        """Stop the jobs (waiting for running publishes; a federated run ends after its
+        current round) and release the database."""
+        try:
+            self.jobs.shutdown(wait=wait)
+            if self.federation is not None:
+                self.federation.shutdown(wait=wait)
+        finally:
+            self.registry.close()
 
 
 def get_resources(request: Request) -> Resources:
@@ -102,7 +119,14 @@ def _jobs(res: ResourcesDep) -> DeploymentJobs:
     return res.jobs
 
 
+def _federation(res: ResourcesDep) -> FederationJobs:
+    if res.federation is None:  # only if a caller set it to None after construction
+        raise ApiProblem(503, "not_ready", "federated runs are not available")
+    return res.federation
+
+
 StoreDep = Annotated[FleetStore, Depends(_store)]
+FederationDep = Annotated[FederationJobs, Depends(_federation)]
 RegistryDep = Annotated[Registry, Depends(_registry)]
 HomeDep = Annotated[KeyHome, Depends(_home)]
 JobsDep = Annotated[DeploymentJobs, Depends(_jobs)]

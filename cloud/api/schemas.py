@@ -7,7 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cloud.fleet.records import DeploymentState, Role
+from cloud.federation import defaults
+from cloud.fleet.records import DeploymentState, FederationRunState, Role
 from shared.identifiers import IdentifierField
 
 __all__ = [
@@ -27,9 +28,10 @@ __all__ = [
     "EnrollIn",
     "EnrollmentTokenIn",
     "EnrollmentTokenOut",
-    "FederationRound",
-    "FederationRun",
-    "FederationRuns",
+    "FederationRoundOut",
+    "FederationRunIn",
+    "FederationRunOut",
+    "FederationRunPage",
     "Health",
     "LatestTelemetry",
     "LatestTelemetryPage",
@@ -317,29 +319,113 @@ class TelemetryAggregates(BaseModel):
 # --- federation ---------------------------------------------------------------------------
 
 
-class FederationRound(BaseModel):
-    """The version one federated round produced."""
+class FederationRunIn(BaseModel):
+    """Start a federated run: the options of ``fedge cloud federate`` (same names, same
+    defaults; ``fedge cloud federate --api URL`` sends exactly these).
 
-    round: int | None
-    ref: str
-    parent: str | None
-    metrics: dict[str, Any]
-    created_at: datetime
+    ``clients`` simulated devices take part (Simulation Engine), or, with
+    ``engine: deployment``, the enrolled devices connect as SuperNodes; ``devices`` then
+    names them (the run waits for that many; each must be enrolled and not revoked).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: Literal["digits", "mnist-5k"] = Field(
+        default="digits", description="Built-in data set (a server path is not accepted)."
+    )
+    clients: int | None = Field(
+        default=None, ge=1, le=256, description="Devices per run (default 3, or len(devices))."
+    )
+    devices: list[IdentifierField] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1000,
+        description="Deployment Engine only: the enrolled devices that take part.",
+    )
+    rounds: int = Field(default=3, ge=1, le=1000)
+    strategy: Literal["fedavg", "fedprox", "fedadam", "trimmed-mean", "median"] = "fedavg"
+    fraction: float = Field(default=1.0, gt=0, le=1, description="Share sampled per round.")
+    min_clients: int | None = Field(default=None, ge=1, le=1000)
+    round_timeout: float = Field(default=300.0, gt=0, le=86400)
+    local_epochs: int = Field(default=defaults.LOCAL_EPOCHS, ge=1, le=100)
+    lr: float = Field(default=defaults.LR, gt=0, le=10)
+    lr_decay: float = Field(default=defaults.LR_DECAY, gt=0, le=1)
+    batch_size: int = Field(default=defaults.BATCH_SIZE, ge=1, le=4096)
+    proximal_mu: float = Field(default=defaults.PROXIMAL_MU, ge=0, le=100)
+    update: Literal["fp32", "int8", "topk"] = Field(
+        default="int8", description="Update compression (not used under SecAgg+)."
+    )
+    topk_fraction: float = Field(default=0.1, gt=0, le=1)
+    alpha: float | None = Field(default=None, gt=0, le=1e6, description="Dirichlet label skew.")
+    init: str | None = Field(
+        default=None,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(@([0-9]{1,9}|latest))?$",
+        description="Start from this registry version (MODEL@N).",
+    )
+    name: IdentifierField | None = Field(
+        default=None, description="Registry model name of the rounds."
+    )
+    quantize: bool = Field(default=True, description="Quantize the best round at the end.")
+    max_drop: float = Field(default=1.0, ge=0, le=100)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    secagg: bool | None = Field(
+        default=None,
+        description="Secure aggregation (SecAgg+); default on for fedavg, fedprox, fedadam.",
+    )
+    secagg_timeout: float = Field(default=120.0, gt=0, le=86400)
+    engine: Literal["simulation", "deployment"] = "simulation"
+
+    @model_validator(mode="after")
+    def _devices_need_the_deployment_engine(self) -> FederationRunIn:
+        if self.devices is not None:
+            if self.engine != "deployment":
+                raise ValueError("devices take part on the deployment engine only")
+            if len(set(self.devices)) != len(self.devices):
+                raise ValueError("devices must be distinct")
+            if self.clients is not None and self.clients != len(self.devices):
+                raise ValueError("clients must equal the number of devices")
+        return self
 
 
-class FederationRun(BaseModel):
-    """A federated run: its rounds' versions in order."""
+class FederationRoundOut(_Out):
+    """One finished round of a run (None: not finite, e.g. a diverged model)."""
+
+    round: int
+    accuracy: float | None
+    loss: float | None
+    participants: int
+    rejected: int
+    failed: int
+    bytes_up: int
+    bytes_down: int
+    seconds: float
+    version: str | None = Field(description="The registry version the round produced.")
+
+
+class FederationRunOut(_Out):
+    """A federated run and its per-round metrics."""
 
     run_id: str
-    model: str
-    rounds: list[FederationRound]
-    latest: str
+    name: str | None = Field(description="Registry model name of the rounds (once known).")
+    state: FederationRunState = Field(
+        description="pending | running | stopping | succeeded | failed | stopped"
+    )
+    plan: dict[str, Any] = Field(description="What was asked (the request, resolved).")
+    created_at: float
+    created_by: str
+    started_at: float | None
+    finished_at: float | None
+    error: str | None
+    best_version: str | None = Field(description="The most accurate round's version.")
+    rounds: list[FederationRoundOut]
 
 
-class FederationRuns(BaseModel):
-    """Federated runs found in the registry."""
+class FederationRunPage(BaseModel):
+    """Federated runs, newest first."""
 
-    items: list[FederationRun]
+    items: list[FederationRunOut]
+    next_cursor: str | None
 
 
 # --- tokens and audit ---------------------------------------------------------------------

@@ -8,14 +8,23 @@ Wire it with ``from cloud.cli.federate import register; register(cloud_app)`` in
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
+from contextlib import nullcontext
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from cloud.cli.remote import ApiOption, TokenOption, client_for
 from cloud.federation import defaults
 
+if TYPE_CHECKING:
+    from cloud.federation.plan import FederationPlan, FederationResult
+    from cloud.federation.server import RoundCallback
+    from cloud.registry import Registry
+
 JSON_HELP = "Print one JSON object on stdout."
+#: The engines ``--engine`` (and the API's ``engine``) accept.
+ENGINES = ("simulation", "deployment")
 
 
 def federate_cmd(
@@ -117,13 +126,10 @@ def federate_cmd(
         _federate_remote(api, token, wanted, json_out)
         return
     from cloud.cli.common import cli_errors, emit_json, err_console, open_registry, out_console
-    from cloud.federation.plan import FederationPlan, RoundReport
-    from cloud.federation.simulation import run_simulated_federation
-    from cloud.federation.strategies import Participation
+    from cloud.federation.plan import RoundReport
 
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
-    need = min_clients if min_clients is not None else max(1, round(clients * fraction))
 
     def on_round(r: RoundReport) -> None:
         if json_out:
@@ -135,40 +141,50 @@ def federate_cmd(
         )
 
     with cli_errors():
-        plan = FederationPlan(
+        plan = build_plan(
             data=data,
-            num_clients=clients,
+            clients=clients,
             rounds=rounds,
             strategy=strategy,
-            participation=Participation(fraction, need, max(need, clients)),
+            fraction=fraction,
+            min_clients=min_clients,
             round_timeout=round_timeout,
             local_epochs=local_epochs,
             lr=lr,
             lr_decay=lr_decay,
             batch_size=batch_size,
             proximal_mu=proximal_mu,
-            update_mode=update,  # type: ignore[arg-type]
+            update=update,
             topk_fraction=topk_fraction,
             alpha=alpha,
-            seed=seed,
-            init_version=init,
-            model_name=name,
+            init=init,
+            name=name,
             quantize=quantize,
             max_drop=max_drop,
-            secure_aggregation=secagg,
+            seed=seed,
+            secagg=secagg,
             secagg_timeout=secagg_timeout,
         )
-        if engine not in ("simulation", "deployment"):
+        if engine not in ENGINES:
             raise typer.BadParameter("use simulation or deployment", param_hint="--engine")
         registry = open_registry()
         try:
-            if engine == "deployment":
-                result = _deploy(plan, on_round, client_app, superlink_host, superlink_port)
-            else:
-                with err_console.status(f"federating {plan.run_id}"):
-                    result = run_simulated_federation(
-                        plan, registry, on_round=on_round, client_app=client_app, num_cpus=num_cpus
-                    )
+            status = (
+                err_console.status(f"federating {plan.run_id}")
+                if engine == "simulation"
+                else nullcontext()
+            )
+            with status:
+                result = run_plan(
+                    plan,
+                    registry,
+                    engine=engine,
+                    on_round=on_round,
+                    client_app=client_app,
+                    num_cpus=num_cpus,
+                    superlink_host=superlink_host,
+                    superlink_port=superlink_port,
+                )
         finally:
             registry.close()
     if json_out:
@@ -190,16 +206,131 @@ def _federate_remote(api: str, token: str | None, plan: dict[str, Any], json_out
     emit(answer if isinstance(answer, dict) else {"answer": answer}, json_out)
 
 
-def _deploy(plan: Any, on_round: Any, client_app: str | None, host: str, port: int) -> Any:
+def build_plan(
+    *,
+    data: str = "digits",
+    clients: int = 3,
+    rounds: int = 3,
+    strategy: str = "fedavg",
+    fraction: float = 1.0,
+    min_clients: int | None = None,
+    round_timeout: float = 300.0,
+    local_epochs: int = defaults.LOCAL_EPOCHS,
+    lr: float = defaults.LR,
+    lr_decay: float = defaults.LR_DECAY,
+    batch_size: int = defaults.BATCH_SIZE,
+    proximal_mu: float = defaults.PROXIMAL_MU,
+    update: str = "int8",
+    topk_fraction: float = 0.1,
+    alpha: float | None = None,
+    init: str | None = None,
+    name: str | None = None,
+    quantize: bool = True,
+    max_drop: float = 1.0,
+    seed: int = 0,
+    secagg: bool | None = None,
+    secagg_timeout: float = 120.0,
+    run_id: str | None = None,
+) -> FederationPlan:
+    """The :class:`FederationPlan` of ``fedge cloud federate``'s options (same names, same
+    defaults); also what ``POST /v1/federation/runs`` runs (``cloud.api.federation_jobs``).
+
+    Raises:
+        ConfigError: the plan is inconsistent (e.g. SecAgg+ with a robust strategy).
+    """
+    from cloud.federation.plan import FederationPlan
+    from cloud.federation.strategies import Participation
+
+    need = min_clients if min_clients is not None else max(1, round(clients * fraction))
+    extra: dict[str, Any] = {} if run_id is None else {"run_id": run_id}
+    return FederationPlan(
+        data=data,
+        num_clients=clients,
+        rounds=rounds,
+        strategy=strategy,
+        participation=Participation(fraction, need, max(need, clients)),
+        round_timeout=round_timeout,
+        local_epochs=local_epochs,
+        lr=lr,
+        lr_decay=lr_decay,
+        batch_size=batch_size,
+        proximal_mu=proximal_mu,
+        update_mode=update,  # type: ignore[arg-type]
+        topk_fraction=topk_fraction,
+        alpha=alpha,
+        seed=seed,
+        init_version=init,
+        model_name=name,
+        quantize=quantize,
+        max_drop=max_drop,
+        secure_aggregation=secagg,
+        secagg_timeout=secagg_timeout,
+        **extra,
+    )
+
+
+def run_plan(
+    plan: FederationPlan,
+    registry: Registry,
+    *,
+    engine: str = "simulation",
+    on_round: RoundCallback | None = None,
+    client_app: str | None = None,
+    num_cpus: int = 2,
+    superlink_host: str = "127.0.0.1",
+    superlink_port: int = 9093,
+    home: Path | None = None,
+) -> FederationResult:
+    """Run ``plan`` on the Simulation Engine (``registry`` gets the rounds) or the Deployment
+    Engine (the ServerApp process opens the same registry by its URL and artifact dir).
+
+    Args:
+        home: Deployment: the state directory (key home, SuperLink state); default the
+            settings' ``FEDGE_HOME``.
+
+    Raises:
+        ConfigError: unknown engine; FederationError (or another FedgeError): the run failed.
+    """
+    if engine == "deployment":
+        return _deploy(plan, on_round, client_app, superlink_host, superlink_port, home, registry)
+    if engine != "simulation":
+        from shared.errors import ConfigError
+
+        raise ConfigError(f"unknown engine {engine!r}; use simulation or deployment")
+    from cloud.federation.simulation import run_simulated_federation
+
+    return run_simulated_federation(
+        plan, registry, on_round=on_round, client_app=client_app, num_cpus=num_cpus
+    )
+
+
+def _deploy(
+    plan: FederationPlan,
+    on_round: RoundCallback | None,
+    client_app: str | None,
+    host: str,
+    port: int,
+    home: Path | None = None,
+    registry: Registry | None = None,
+) -> FederationResult:
     """Run ``plan`` on the Deployment Engine with the enrolled fleet as SuperNodes."""
     from cloud.config import Settings
     from cloud.federation.deployment import RegistryLocation, run_fleet_federation
 
-    settings = Settings()
+    settings = Settings() if home is None or registry is None else None
+    if registry is not None:  # the ServerApp process opens the same database and blobs
+        url = registry.engine.url.render_as_string(hide_password=False)
+        location = RegistryLocation(url, registry.store.root)
+    else:
+        assert settings is not None
+        location = RegistryLocation(settings.resolved_database_url, settings.artifact_dir)
+    if home is None:
+        assert settings is not None
+        home = settings.home
     return run_fleet_federation(
         plan,
-        home=settings.home,
-        registry=RegistryLocation(settings.resolved_database_url, settings.artifact_dir),
+        home=home,
+        registry=location,
         host=host,
         port=port or None,
         on_round=on_round,

@@ -18,6 +18,9 @@ __all__ = [
     "Device",
     "DeviceOutcome",
     "EnrollmentToken",
+    "FederationRound",
+    "FederationRun",
+    "FederationRunState",
     "Page",
     "Role",
     "StatusRecord",
@@ -182,3 +185,56 @@ class AuditEntry:
     target: str | None
     result: str  # "ok" or an error code
     detail: dict[str, Any] | None
+
+
+class FederationRunState(StrEnum):
+    """Lifecycle of a federated run started from the API."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    STOPPING = "stopping"  # stop asked: the run ends after its current round
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    STOPPED = "stopped"  # ended by a stop; the rounds finished until then are kept
+
+    @property
+    def final(self) -> bool:
+        """Whether the run has ended."""
+        return self in (
+            FederationRunState.SUCCEEDED,
+            FederationRunState.FAILED,
+            FederationRunState.STOPPED,
+        )
+
+
+@dataclass(frozen=True)
+class FederationRound:
+    """One finished round of a federated run (``cloud.federation.plan.RoundReport``)."""
+
+    round: int
+    accuracy: float | None  # None when not finite (a diverged model)
+    loss: float | None
+    participants: int
+    rejected: int
+    failed: int
+    bytes_up: int
+    bytes_down: int
+    seconds: float
+    version: str | None  # the registry version the round produced
+
+
+@dataclass(frozen=True)
+class FederationRun:
+    """A federated run and its finished rounds (in round order)."""
+
+    run_id: str  # also the run id of the registry lineage (``<run>/round-<n>``)
+    name: str | None  # the registry model name of the rounds, when known
+    state: FederationRunState
+    plan: dict[str, Any]  # what was asked (the API request), as JSON
+    created_at: float
+    created_by: str  # the API token id (or "cli")
+    started_at: float | None
+    finished_at: float | None
+    error: str | None
+    best_version: str | None
+    rounds: list[FederationRound] = field(default_factory=list)

@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Float,
     ForeignKey,
@@ -39,6 +40,8 @@ __all__ = [
     "DeviceRow",
     "DeviceStatusRow",
     "EnrollmentTokenRow",
+    "FederationRoundRow",
+    "FederationRunRow",
     "TelemetryRow",
 ]
 
@@ -196,3 +199,40 @@ class AuditRow(Base):
     target: Mapped[str | None] = mapped_column(String(200), nullable=True)
     result: Mapped[str] = mapped_column(String(100))
     detail: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON, nullable=True)
+
+
+class FederationRunRow(Base):
+    """A federated run started from the control API (``plan`` is its request, as JSON)."""
+
+    __tablename__ = "federation_runs"
+    __table_args__ = (Index("ix_federation_runs_created", "created_at", "run_id"),)
+
+    run_id: Mapped[str] = mapped_column(String(ID), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    state: Mapped[str] = mapped_column(String(20))
+    plan: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[float] = mapped_column(Float)
+    created_by: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    error: Mapped[str | None] = mapped_column(String(2000), nullable=True)
+    best_version: Mapped[str | None] = mapped_column(String(200), nullable=True)
+
+
+class FederationRoundRow(Base):
+    """One finished round of a federated run (its ``RoundReport``)."""
+
+    __tablename__ = "federation_rounds"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("federation_runs.run_id"), primary_key=True)
+    round: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: NULL when not finite (a diverged model: SQLite cannot store NaN).
+    accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
+    loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    participants: Mapped[int] = mapped_column(Integer)
+    rejected: Mapped[int] = mapped_column(Integer)
+    failed: Mapped[int] = mapped_column(Integer)
+    bytes_up: Mapped[int] = mapped_column(BigInteger)
+    bytes_down: Mapped[int] = mapped_column(BigInteger)
+    seconds: Mapped[float] = mapped_column(Float)
+    version: Mapped[str | None] = mapped_column(String(200), nullable=True)

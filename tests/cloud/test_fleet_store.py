@@ -520,3 +520,102 @@ def test_database_errors_become_registry_errors(store: FleetStore, engine: Engin
         store.list_devices(group="g")
     assert info.value.code == "registry_error"
     assert "\n" not in info.value.message
+
+
+# --- federated runs ---------------------------------------------------------------------------
+
+
+def _fed_round(n: int, accuracy: float = 0.5, **kw: Any) -> Any:
+    from cloud.fleet.records import FederationRound
+
+    values: dict[str, Any] = {
+        "round": n,
+        "accuracy": accuracy,
+        "loss": 1.0 / n,
+        "participants": 2,
+        "rejected": 0,
+        "failed": 0,
+        "bytes_up": 3_000_000_000,  # over 32 bits: BigInteger on both backends
+        "bytes_down": 1000,
+        "seconds": 1.5,
+        "version": f"m@{n}",
+        **kw,
+    }
+    return FederationRound(**values)
+
+
+def test_federated_runs_with_rounds(store: FleetStore) -> None:
+    from cloud.fleet.records import FederationRunState
+
+    run = store.create_run("run-a", plan={"rounds": 3}, created_by="tok", now=10.0)
+    assert run.state is FederationRunState.PENDING and run.rounds == []
+    assert (run.plan, run.created_by, run.name, run.best_version) == (
+        {"rounds": 3},
+        "tok",
+        None,
+        None,
+    )
+    with pytest.raises(ConfigError) as dup:
+        store.create_run("run-a", plan={}, created_by="tok", now=11.0)
+    assert dup.value.code == "run_exists"
+    with pytest.raises(ConfigError):
+        store.create_run("../x", plan={}, created_by="tok", now=11.0)
+
+    running = store.update_run("run-a", state=FederationRunState.RUNNING, started_at=12.0)
+    assert (running.state, running.started_at, running.finished_at) == ("running", 12.0, None)
+    # Rounds: idempotent per (run, round), returned in round order, NaN stored as None.
+    assert store.add_round("run-a", _fed_round(2, accuracy=0.8)) is True
+    assert store.add_round("run-a", _fed_round(1, accuracy=0.6)) is True
+    assert store.add_round("run-a", _fed_round(1, accuracy=0.99)) is False
+    assert store.add_round("run-a", _fed_round(3, accuracy=float("nan"), loss=float("inf")))
+    got = store.get_run("run-a")
+    assert [r.round for r in got.rounds] == [1, 2, 3]
+    assert got.rounds[0].accuracy == 0.6  # the repeat did not overwrite
+    assert got.rounds[0].bytes_up == 3_000_000_000
+    assert (got.rounds[2].accuracy, got.rounds[2].loss) == (None, None)
+    with pytest.raises(NotFoundError):
+        store.add_round("nope", _fed_round(1))
+    with pytest.raises(ConfigError):
+        store.add_round("run-a", _fed_round(-1))
+
+    done = store.update_run(
+        "run-a",
+        state=FederationRunState.STOPPED,
+        finished_at=20.0,
+        best_version="m@2",
+        name="m",
+        error="x" * 3000,
+    )
+    assert (done.state, done.best_version, done.name, done.finished_at) == (
+        "stopped",
+        "m@2",
+        "m",
+        20.0,
+    )
+    assert done.error is not None and len(done.error) == 2000
+    assert done.state.final and not FederationRunState.STOPPING.final
+    with pytest.raises(ConfigError):
+        store.update_run("run-a", state="nope")  # type: ignore[arg-type]
+    with pytest.raises(NotFoundError):
+        store.get_run("nope")
+    with pytest.raises(NotFoundError):
+        store.update_run("nope", state=FederationRunState.FAILED)
+
+
+def test_federated_runs_page_newest_first(store: FleetStore) -> None:
+    for i in range(5):
+        store.create_run(f"run-{i}", plan={}, created_by="cli", now=float(i // 2))
+        store.add_round(f"run-{i}", _fed_round(1))
+    seen: list[str] = []
+    cursor: str | None = None
+    while True:
+        page = store.list_runs(cursor=cursor, limit=2)
+        seen += [r.run_id for r in page.items]
+        assert all(len(r.rounds) == 1 for r in page.items)
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert seen == ["run-4", "run-3", "run-2", "run-1", "run-0"]
+    with pytest.raises(ConfigError):
+        store.list_runs(cursor="bm90LWEtY3Vyc29y")
+    assert store.list_runs(limit=1).next_cursor is not None

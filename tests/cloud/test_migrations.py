@@ -33,6 +33,8 @@ FLEET_TABLES = {
     "deployment_devices",
     "audit_log",
 }
+FEDERATION_TABLES = {"federation_runs", "federation_rounds"}
+HEAD = "0003"
 
 
 @pytest.fixture()
@@ -60,14 +62,16 @@ def _diff(engine: Engine) -> list[Any]:
 
 def test_one_linear_history() -> None:
     script = ScriptDirectory.from_config(alembic_config())
-    assert script.get_heads() == ["0002"]
-    assert [r.revision for r in script.walk_revisions()] == ["0002", "0001"]
+    assert script.get_heads() == [HEAD]
+    assert [r.revision for r in script.walk_revisions()] == ["0003", "0002", "0001"]
 
 
 def test_empty_database_goes_to_head(engine: Engine) -> None:
     upgrade_database(engine)
-    assert _revision(engine) == "0002"
-    assert _tables(engine) == REGISTRY_TABLES | FLEET_TABLES | {"alembic_version"}
+    assert _revision(engine) == HEAD
+    assert _tables(engine) == REGISTRY_TABLES | FLEET_TABLES | FEDERATION_TABLES | {
+        "alembic_version"
+    }
 
 
 def test_head_matches_the_models(engine: Engine) -> None:
@@ -85,8 +89,10 @@ def test_0001_is_exactly_the_old_registry_schema(engine: Engine) -> None:
     diff = _diff(engine)
     assert diff
     assert {d[0] for d in diff} == {"add_table", "add_index"}
-    assert {d[1].name for d in diff if d[0] == "add_table"} == FLEET_TABLES
-    assert {d[1].table.name for d in diff if d[0] == "add_index"} <= FLEET_TABLES
+    assert {d[1].name for d in diff if d[0] == "add_table"} == FLEET_TABLES | FEDERATION_TABLES
+    assert {d[1].table.name for d in diff if d[0] == "add_index"} <= (
+        FLEET_TABLES | FEDERATION_TABLES
+    )
 
 
 def test_upgrade_twice_is_a_no_op(engine: Engine) -> None:
@@ -97,7 +103,7 @@ def test_upgrade_twice_is_a_no_op(engine: Engine) -> None:
             {"t": datetime.now(UTC)},
         )
     upgrade_database(engine)
-    assert _revision(engine) == "0002"
+    assert _revision(engine) == HEAD
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM models")).scalar_one() == 1
         assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar_one() == 1
@@ -134,8 +140,10 @@ def test_pre_migration_registry_is_stamped_and_upgraded(
 
     upgrade_database(engine)
 
-    assert _revision(engine) == "0002"
-    assert _tables(engine) == REGISTRY_TABLES | FLEET_TABLES | {"alembic_version"}
+    assert _revision(engine) == HEAD
+    assert _tables(engine) == REGISTRY_TABLES | FLEET_TABLES | FEDERATION_TABLES | {
+        "alembic_version"
+    }
     assert _diff(engine) == []
     with engine.connect() as conn:
         assert conn.execute(text("SELECT name FROM models")).scalars().all() == ["legacy"]
@@ -155,8 +163,10 @@ def test_pre_migration_registry_is_stamped_and_upgraded(
 def test_registry_creates_every_table(database_url: str, tmp_path: Path) -> None:
     reg = Registry(database_url, tmp_path / "artifacts")
     try:
-        assert _tables(reg.engine) == REGISTRY_TABLES | FLEET_TABLES | {"alembic_version"}
-        assert _revision(reg.engine) == "0002"
+        assert _tables(reg.engine) == REGISTRY_TABLES | FLEET_TABLES | FEDERATION_TABLES | {
+            "alembic_version"
+        }
+        assert _revision(reg.engine) == HEAD
     finally:
         reg.close()
 
@@ -167,3 +177,42 @@ def test_unknown_newer_revision_is_a_clear_error(engine: Engine) -> None:
         conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
     with pytest.raises(RegistryError, match="cannot migrate"):
         upgrade_database(engine)
+
+
+def test_0002_database_upgrades_to_0003_with_its_rows_kept(engine: Engine) -> None:
+    from alembic import command
+
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0002")
+        conn.execute(
+            text(
+                "INSERT INTO deployments (deployment_id, version_ref, state, created_at,"
+                " created_by) VALUES ('d1', 'm@1', 'succeeded', 1.0, 'cli')"
+            )
+        )
+    assert _revision(engine) == "0002"
+    assert _tables(engine) == REGISTRY_TABLES | FLEET_TABLES | {"alembic_version"}
+    # Against the models only the federation tables (and their index) are missing.
+    diff = _diff(engine)
+    assert {d[0] for d in diff} == {"add_table", "add_index"}
+    assert {d[1].name for d in diff if d[0] == "add_table"} == FEDERATION_TABLES
+
+    upgrade_database(engine)
+
+    assert _revision(engine) == HEAD
+    assert _tables(engine) == (
+        REGISTRY_TABLES | FLEET_TABLES | FEDERATION_TABLES | {"alembic_version"}
+    )
+    assert _diff(engine) == []
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT deployment_id FROM deployments")).scalar_one() == "d1"
+
+
+def test_0003_downgrades_to_0002(engine: Engine) -> None:
+    from alembic import command
+
+    upgrade_database(engine)
+    with engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "0002")
+    assert _revision(engine) == "0002"
+    assert _tables(engine) == REGISTRY_TABLES | FLEET_TABLES | {"alembic_version"}

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from cloud.api.federation_jobs import FederationJobs
+from cloud.federation.plan import FederationPlan, FederationResult
+from cloud.federation.server import RoundCallback
+from cloud.registry import Registry
 from tests.cloud.api.conftest import Api
 
 CALLERS = ("none", "wrong", "revoked", "viewer", "operator", "admin")
@@ -81,7 +86,15 @@ CASES = [
         202,
         _deployments,
     ),
-    Case("federation.start", "POST", "/v1/federation/runs", None, "operator", 501, lambda _a: None),
+    Case(
+        "federation.start",
+        "POST",
+        "/v1/federation/runs",
+        {"data": "digits", "clients": 2, "rounds": 1, "secagg": False, "quantize": False},
+        "operator",
+        202,
+        lambda api: [r.run_id for r in api.store.list_runs().items],
+    ),
     Case("tokens.create", "POST", "/v1/tokens", {"role": "viewer"}, "admin", 201, _tokens),
     Case(
         "tokens.revoke",
@@ -100,6 +113,29 @@ def _expected(case: Case, caller: str) -> int:
     if caller in REFUSED:
         return REFUSED[caller]
     return case.ok if RANK[caller] >= RANK[case.minimum] else 403
+
+
+def _instant_run(
+    plan: FederationPlan,
+    registry: Registry,
+    *,
+    engine: str,
+    on_round: RoundCallback | None,
+    num_cpus: int,
+    home: Path | None,
+) -> FederationResult:
+    """A run that ends at once (the matrix tests who may start one, not training)."""
+    return FederationResult(plan.run_id, plan.strategy, initial_accuracy=0.0)
+
+
+@pytest.fixture(autouse=True)
+def _no_training(api: Api) -> None:
+    res = api.resources
+    if res.federation is not None:
+        res.federation.shutdown()
+    res.federation = FederationJobs(
+        res.registry, res.store, home=res.home.path.parent, runner=_instant_run, now=res.now
+    )
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.action for c in CASES])
