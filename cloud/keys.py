@@ -13,8 +13,17 @@ Layout under ``$FEDGE_HOME/keys`` (private files 0600)::
     ingest/broker.{crt,key}  TLS client certificate of the ingestion worker (CN fedge-ingest)
     revocations.json         newest root-signed revocation list
     tls/ca.{crt,key}         project CA; tls/broker.{crt,key} broker server certificate
-    fleet.json               enrolled devices: public keys, groups, TLS cert serials
     devices/<id>/            enrollment bundle to copy onto the device (edge.keystore)
+    fleet.json               enrolled devices (public keys, groups, TLS cert serials): only
+                             for a key home without a database (see below)
+
+The enrollment records (:class:`~cloud.device_records.DeviceRecord`: public facts only)
+live where the key home's :class:`~cloud.device_records.FleetRecords` backend keeps them:
+in the fleet database on every product path (``cloud.fleet.credentials``: the CLI, the API,
+the service), in ``fleet.json`` for a bare ``KeyHome(path)``. A database-backed key home
+that finds a ``fleet.json`` (a key home from before the database held the records) imports
+it once — idempotent, all or nothing — and renames it ``fleet.json.imported``.
+``fedge keys export-fleet`` writes the same JSON as a backup (0600).
 
 The broker identifies every client by its certificate's CN (see ``cloud.broker`` rules
 B1-B6): the CA-issued certificate and its private key are the broker credential. The
@@ -30,16 +39,19 @@ Nothing here logs key material; summaries return key ids and paths only.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import logging
+import os
 import secrets
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-
+from cloud.device_records import DeviceRecord, FleetRecords, JsonFleetRecords, fleet_to_json
 from cloud.keyfiles import read_json, write_json, write_private, write_public
 from shared.artifacts.manifest import b64encode
 from shared.artifacts.trust import (
@@ -73,6 +85,8 @@ __all__ = [
     "INGEST_USER",
     "MONITOR_USER",
     "DeviceRecord",
+    "FleetRecords",
+    "JsonFleetRecords",
     "KeyHome",
     "hash_password",
 ]
@@ -102,37 +116,23 @@ def hash_password(password: str, *, iterations: int = 1000) -> str:
     return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
 
 
-class DeviceRecord(BaseModel):
-    """An enrolled device as the coordinator knows it (no private material)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    device_id: str
-    hardware_id: str
-    groups: list[str]
-    box_public: str  # base64 raw X25519 public key: content keys are sealed to it
-    signing_public: str  # base64 raw Ed25519 public key
-    password_hash: str  # kept for old bundles; the broker identifies clients by certificate
-    enrolled_at: int
-    revoked: bool = False
-    # OpenSSH P-384 public key the SuperLink admits (``flwr supernode register``); empty
-    # for devices enrolled before Deployment-Engine federation existed.
-    supernode_public: str = ""
-    # Serial (lowercase hex) of the device's TLS client certificate: what the broker's CRL
-    # lists once the device is revoked. Empty for devices enrolled before it was recorded
-    # (the serial is then read from the bundle's client.crt).
-    tls_serial: str = ""
-
-
 def _epoch(now: datetime) -> int:
     return int(now.timestamp())
 
 
+#: What a database-backed key home renames an imported ``fleet.json`` to.
+IMPORTED_SUFFIX = ".imported"
+
+
 @dataclass(frozen=True)
 class KeyHome:
-    """A key home directory and the operations on it."""
+    """A key home directory and the operations on it.
+
+    ``records``: where the enrollment records live (None: ``fleet.json`` in ``path``).
+    """
 
     path: Path
+    records: FleetRecords | None = None
 
     # -- paths -----------------------------------------------------------------------------
     @property
@@ -152,7 +152,8 @@ class KeyHome:
 
     @property
     def fleet_path(self) -> Path:
-        """Registry of enrolled devices."""
+        """The JSON fleet file: the records of a key home without a database, or one to
+        import into the database."""
         return self.path / "fleet.json"
 
     @property
@@ -239,16 +240,55 @@ class KeyHome:
         """The coordinator's X25519 key (devices seal updates to its public half)."""
         return PrivateKey.from_pem((self.path / "coordinator" / "box.key").read_bytes())
 
-    def fleet(self) -> dict[str, DeviceRecord]:
-        """Enrolled devices by id."""
-        if not self.fleet_path.exists():
-            return {}
-        raw = read_json(self.fleet_path)
-        return {k: DeviceRecord.model_validate(v) for k, v in raw.items()}
+    def _fleet_records(self) -> FleetRecords:
+        if self.records is None:
+            return JsonFleetRecords(self.fleet_path)
+        if self.fleet_path.exists():
+            self.import_json_fleet()
+        return self.records
 
-    def _save_fleet(self, fleet: dict[str, DeviceRecord]) -> None:
-        # 0600: password hashes are still worth an offline guessing attack.
-        write_json(self.fleet_path, {k: v.model_dump() for k, v in fleet.items()}, private=True)
+    def import_json_fleet(self) -> int:
+        """Move the records of a ``fleet.json`` into the database backend (idempotent).
+
+        Every record is stored in one transaction (a revoked device stays revoked), then the
+        file is renamed ``fleet.json.imported``: an upgraded key home never loses a device,
+        and a crash before the rename only imports the same records again. Called by every
+        fleet operation of a database-backed key home; a no-op without a file or a database.
+
+        Returns:
+            How many records were imported.
+        """
+        if self.records is None or not self.fleet_path.exists():
+            return 0
+        legacy = JsonFleetRecords(self.fleet_path).load()
+        self.records.put(legacy.values())
+        target = self.fleet_path.with_name(self.fleet_path.name + IMPORTED_SUFFIX)
+        # FileNotFoundError: another process imported the same file just now.
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(self.fleet_path, target)
+        log.warning(
+            "imported %d device record(s) from %s into the fleet database; the file is now %s "
+            "(the records live in the database: `fedge keys export-fleet` writes a backup)",
+            len(legacy),
+            self.fleet_path,
+            target.name,
+        )
+        return len(legacy)
+
+    def fleet(self) -> dict[str, DeviceRecord]:
+        """Enrolled devices by id (revoked ones included)."""
+        return self._fleet_records().load()
+
+    def export_fleet(self, path: Path) -> dict[str, Any]:
+        """Write every enrollment record as ``fleet.json``-format JSON to ``path`` (0600).
+
+        A backup: copied to ``keys/fleet.json`` of a database-backed key home, it is
+        imported again (revocations are never undone by it).
+        """
+        fleet = self.fleet()
+        write_json(path, fleet_to_json(fleet), private=True)
+        log.info("exported %d device record(s) to %s", len(fleet), path)
+        return {"path": str(path), "devices": len(fleet)}
 
     def ca(self) -> TlsIdentity:
         """The project CA (certificate and key)."""
@@ -444,15 +484,19 @@ class KeyHome:
         hardware_id: str,
         groups: list[str] | None = None,
         now: datetime | None = None,
+        profile: str | None = None,
+        tags: Sequence[str] | None = None,
     ) -> dict[str, Any]:
-        """Create a device's keys and broker credentials and write its bundle."""
+        """Create a device's keys and broker credentials, write its bundle and store its
+        record (with ``profile`` and ``tags`` where the backend keeps them: the database)."""
         self._require()
         # Checked before anything is written: a refused name leaves no trace (no bundle,
         # no fleet entry, so no ACL section either).
         check_new_name(device_id, IdentifierKind.DEVICE)
         check_identifier(hardware_id, IdentifierKind.HARDWARE)
         groups = sorted({check_new_name(g, IdentifierKind.GROUP) for g in groups or []})
-        fleet = self.fleet()
+        records = self._fleet_records()
+        fleet = records.load()
         if device_id in fleet:
             raise ConfigError(f"device {device_id} is already enrolled")
         # "Dev-A" next to "dev-a" would share a bundle directory on a case-insensitive file
@@ -487,7 +531,7 @@ class KeyHome:
         revs = self.revocations()
         if revs is not None:
             write_json(d / "revocations.json", revs.model_dump(mode="json", exclude_none=True))
-        fleet[device_id] = DeviceRecord(
+        record = DeviceRecord(
             device_id=device_id,
             hardware_id=hardware_id,
             groups=groups,
@@ -498,31 +542,33 @@ class KeyHome:
             supernode_public=node_key.public_openssh.decode(),
             tls_serial=format(cert_serial(client.cert_pem), "x"),
         )
-        self._save_fleet(fleet)
+        records.add(record, profile=profile, tags=tags)
         log.info("enrolled device %s", device_id)
         return {"device_id": device_id, "bundle": str(d), "groups": groups}
 
     def set_groups(self, device_id: str, groups: list[str]) -> dict[str, Any]:
         """Replace an enrolled device's groups (the broker ACL is rendered from them).
 
+        On a database-backed key home this is the devices table's ``groups`` (the one
+        place groups live): ``FleetStore.set_labels`` does the same.
+
         Raises:
             NotFoundError: the device is not enrolled.
             InvalidIdentifierError: a group fails the identifier grammar.
         """
-        fleet = self.fleet()
-        record = fleet.get(device_id)
-        if record is None:
+        records = self._fleet_records()
+        if device_id not in records.load():
             raise NotFoundError(f"device {device_id} is not enrolled")
-        record.groups = sorted({check_identifier(g, IdentifierKind.GROUP) for g in groups})
-        self._save_fleet(fleet)
-        return {"device_id": device_id, "groups": record.groups}
+        checked = sorted({check_identifier(g, IdentifierKind.GROUP) for g in groups})
+        records.set_groups(device_id, checked)
+        return {"device_id": device_id, "groups": checked}
 
-    def revoke_device(self, device_id: str) -> dict[str, Any]:
-        """Mark ``device_id`` revoked: the next broker config refuses it."""
+    def revoke_device(self, device_id: str, *, at: float | None = None) -> dict[str, Any]:
+        """Mark ``device_id`` revoked (at ``at``, Unix seconds; default now): the next
+        broker config refuses it."""
         check_identifier(device_id, IdentifierKind.DEVICE)
-        fleet = self.fleet()
-        if device_id not in fleet:
+        records = self._fleet_records()
+        if device_id not in records.load():
             raise NotFoundError(f"device {device_id} is not enrolled")
-        fleet[device_id].revoked = True
-        self._save_fleet(fleet)
+        records.set_revoked(device_id, at=time.time() if at is None else at)
         return {"device_id": device_id, "revoked": True}

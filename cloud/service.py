@@ -3,7 +3,8 @@
 :func:`serve` is what ``fedge cloud serve`` runs, in this order:
 
 1. open the resources (:func:`build_resources`: registry and fleet store on one database,
-   migrated; the key home; the deployment jobs; the broker configuration);
+   migrated; the key home, its enrollment records in that database — an old
+   ``fleet.json`` is imported once; the deployment jobs; the broker configuration);
 2. start the ingestion worker (:class:`cloud.ingest.IngestWorker`, identity
    ``fedge-ingest``: the broker allows one session per identity, and the coordinator's own
    is taken by the publishes of the deployment jobs in this process) and the telemetry
@@ -33,7 +34,7 @@ from cloud.api.app import build_resources as api_resources
 from cloud.api.deps import HealthCheck, Resources
 from cloud.broker import BrokerFiles, refresh_broker
 from cloud.config import Settings
-from cloud.fleet.sync import fail_interrupted_deployments, import_key_home
+from cloud.fleet.sync import fail_interrupted_deployments
 from cloud.ingest import DEFAULT_RETENTION_S, IngestWorker, RetentionJob
 from cloud.keys import INGEST_USER, KeyHome
 from shared.errors import ConfigError
@@ -155,9 +156,10 @@ def build_service(
         files = resources.broker_files or BrokerFiles(settings.home / "broker")
         host, port = broker or broker_address(files)
         _ingest_identity(resources.home, files)
-        now = resources.now()
-        import_key_home(resources.home, resources.store, now=now)  # CLI-enrolled devices
-        fail_interrupted_deployments(resources.store, now=now)
+        # The records are in the database already (the CLI writes them there too); an old
+        # key home's fleet.json is imported now, once, rather than by the first request.
+        resources.home.import_json_fleet()
+        fail_interrupted_deployments(resources.store, now=resources.now())
         worker = IngestWorker(resources.home, host, port, resources.store)
         retention = RetentionJob(
             resources.store, retention_s=retention_s, interval_s=retention_interval_s

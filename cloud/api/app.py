@@ -38,8 +38,8 @@ from cloud.api.routes import deployments, devices, federation, health, models, t
 from cloud.broker import BrokerFiles
 from cloud.config import Settings
 from cloud.deployment.publisher import Publisher
+from cloud.fleet.credentials import database_key_home
 from cloud.fleet.store import FleetStore
-from cloud.keys import KeyHome
 from cloud.registry import Registry
 
 __all__ = ["broker_address", "build_resources", "create_app"]
@@ -109,7 +109,7 @@ def build_resources(settings: Settings, *, broker: tuple[str, int] | None = None
     registry = Registry.from_settings(settings)
     try:
         store = FleetStore.from_registry(registry)
-        home = KeyHome(settings.home / "keys")
+        home = database_key_home(settings.home / "keys", store)  # records in the database
         files = BrokerFiles(settings.home / "broker")
 
         def publisher() -> Publisher:

@@ -29,14 +29,13 @@ def _run(
     to_version: int | None = None,
     artifact_id: str | None = None,
 ) -> None:
-    from cloud.config import Settings
+    from cloud.cli.common import key_home
     from cloud.deployment.commands import send_command
     from cloud.deployment.link import parse_broker
-    from cloud.keys import KeyHome
 
     with cli_errors():
         host, port = parse_broker(broker)
-        home = KeyHome(Settings().home / "keys")
+        home = key_home()  # the enrollment records are in the fleet database
         result = send_command(
             home,
             action,

@@ -59,11 +59,15 @@ def emit(result: dict[str, Any], as_json: bool) -> None:
 
 
 def key_home() -> Any:
-    """The key home of the current settings: ``$FEDGE_HOME/keys``."""
+    """The key home of the current settings: ``$FEDGE_HOME/keys``, its enrollment records
+    in the settings' database (opened on the first fleet operation, so ``fedge keys init``
+    or ``rotate-release`` need none)."""
     from cloud.config import Settings
-    from cloud.keys import KeyHome
+    from cloud.fleet.credentials import database_key_home, open_fleet_store
 
-    return KeyHome(Settings().home / "keys")
+    settings = Settings()
+    url = settings.resolved_database_url
+    return database_key_home(settings.home / "keys", lambda: open_fleet_store(url))
 
 
 def open_registry() -> Any:

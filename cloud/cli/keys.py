@@ -1,4 +1,7 @@
-"""``fedge keys …``: create, rotate and revoke keys; enroll devices.
+"""``fedge keys …``: create, rotate and revoke keys; enroll devices; export the fleet.
+
+The enrollment records are stored in the fleet database of the settings (the key home of
+:func:`cloud.cli.common.key_home`); ``export-fleet`` writes them out as JSON.
 
 Every command takes ``--json`` (one JSON object on stdout) and prints key ids and paths,
 never key material. The root passphrase, when used, comes from an environment variable
@@ -9,11 +12,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from cloud.cli.common import JsonFlag, cli_errors, emit, key_home, open_registry
+from cloud.cli.common import JsonFlag, cli_errors, emit, key_home
 
 __all__ = ["keys_app"]
 
@@ -101,20 +104,6 @@ def revoke(
         )
 
 
-def _sync_fleet_db(home: Any) -> None:
-    """Record the key home's enrollments in the fleet database (what the service serves)."""
-    import time
-
-    from cloud.fleet.store import FleetStore
-    from cloud.fleet.sync import import_key_home
-
-    registry = open_registry()
-    try:
-        import_key_home(home, FleetStore.from_registry(registry), now=time.time())
-    finally:
-        registry.close()
-
-
 @keys_app.command("enroll-device")
 def enroll_device(
     device_id: Annotated[
@@ -137,7 +126,6 @@ def enroll_device(
             check_new_name(g, IdentifierKind.GROUP)
         home = key_home()
         result = home.enroll_device(device_id, hardware_id=hardware_id, groups=group or [])
-        _sync_fleet_db(home)
         emit(result, as_json)
 
 
@@ -156,5 +144,20 @@ def revoke_device(
         home = key_home()
         result = home.revoke_device(device_id)
         result |= broker_files().refresh(home, evict=(device_id,))
-        _sync_fleet_db(home)
         emit(result, as_json)
+
+
+@keys_app.command("export-fleet")
+def export_fleet(
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="File to write (default: $FEDGE_HOME/keys/fleet-export.json)."),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Write every enrollment record (public keys, password hashes, groups, revoked flags)
+    from the fleet database as fleet.json-format JSON, 0600: a backup. Copied to
+    keys/fleet.json it is imported again."""
+    with cli_errors():
+        home = key_home()
+        emit(home.export_fleet(out or home.path / "fleet-export.json"), as_json)

@@ -56,15 +56,20 @@ def publish_cmd(
     from cloud.config import Settings
     from cloud.deployment.link import parse_broker
     from cloud.deployment.publisher import Publisher, select_devices
-    from cloud.keys import KeyHome
+    from cloud.fleet.credentials import database_key_home
+    from cloud.fleet.store import FleetStore
     from cloud.registry import Registry
 
     with cli_errors():
         host, port = parse_broker(broker)
         settings = Settings()
-        home = KeyHome(settings.home / "keys")
-        targets = select_devices(home, _split(devices), group)
         registry = Registry.from_settings(settings)
+        try:  # the enrollment records are in the registry's database
+            home = database_key_home(settings.home / "keys", FleetStore.from_registry(registry))
+            targets = select_devices(home, _split(devices), group)
+        except BaseException:
+            registry.close()
+            raise
         publisher = Publisher(registry, home, host=host, port=port)
         try:
             with _progress(len(targets), enabled=not json_out) as on_progress:

@@ -6,7 +6,7 @@ The coordinator side of ``fedge cloud federate --engine deployment``:
    (``keys/tls/superlink.{crt,key}``), so devices verify it with the ``ca.crt`` of their
    enrollment bundle.
 2. Authentication: the SuperLink runs with ``--enable-supernode-auth``; the SuperNode public
-   key each device got at enrollment (``fleet.json``) is registered with
+   key each device got at enrollment (its record in the fleet database) is registered with
    ``flwr supernode register`` before the run.
 3. The run: a minimal Flower App directory is generated under ``FEDGE_HOME/federation/<run>``
    whose ``pyproject.toml`` names our ServerApp (:mod:`cloud.federation.deployed_app`) and the
@@ -40,6 +40,7 @@ from cloud.federation.secagg import DEFAULT_SECAGG_CLIENT_APP
 from cloud.federation.server import RoundCallback
 from cloud.federation.simulation import DEFAULT_CLIENT_APP, FederationError
 from cloud.federation.superlink import FlowerCli, SuperLinkProcess, SuperLinkTls
+from cloud.fleet.credentials import database_key_home, open_fleet_store
 from cloud.keyfiles import write_private, write_public
 from cloud.keys import KeyHome
 from shared.crypto.tls import issue_server_cert
@@ -290,7 +291,8 @@ def run_fleet_federation(
     keys) and writes the SuperLink's state and each run's app under ``home/federation``.
     The SuperLink (and its ServerApp) is stopped on return, error, Ctrl-C or SIGTERM.
     """
-    keys = KeyHome(home / "keys")
+    # The enrollment records (SuperNode keys) are in the fleet database of the registry.
+    keys = database_key_home(home / "keys", lambda: open_fleet_store(registry.database_url))
     if not keys.exists():
         raise FederationError(f"no key home at {keys.path}; run `fedge keys init` first")
     workdir = home / "federation"

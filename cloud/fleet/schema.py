@@ -51,7 +51,14 @@ NullableJSON = JSON(none_as_null=True)
 
 
 class DeviceRow(Base):
-    """An enrolled device and its latest known state (from its newest status)."""
+    """An enrolled device, its enrollment record and its latest known state.
+
+    The enrollment record (``cloud.device_records.DeviceRecord``: what the broker ACL/CRL,
+    the publisher and the federation read) is ``hardware_id``, ``groups``, ``enrolled_at``,
+    ``revoked_at`` (revoked = not NULL) and the credential columns: public keys, the broker
+    password's hash, the TLS certificate serial — never a private key. They are NULL for a
+    row without a record (``FleetStore.add_device`` alone); ``box_public`` tells.
+    """
 
     __tablename__ = "devices"
 
@@ -69,6 +76,12 @@ class DeviceRow(Base):
     serving: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON, nullable=True)
     model_version: Mapped[str | None] = mapped_column(String(200), nullable=True)
     last_status_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # -- the enrollment record's credentials (public; 0004) --------------------------------
+    box_public: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    signing_public: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    password_hash: Mapped[str | None] = mapped_column(String(400), nullable=True)
+    tls_serial: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    supernode_public: Mapped[str | None] = mapped_column(String(1000), nullable=True)
 
 
 class DeviceLabelRow(Base):

@@ -1,11 +1,12 @@
 """The fleet's state in the registry database (SQLAlchemy; SQLite by default, PostgreSQL by URL).
 
-Devices, one-time enrollment tokens, API tokens, device status (latest and history),
-telemetry (a time series with a retention bound), deployments with per-device outcomes,
-federated runs with their rounds and the audit log. Key material never enters the database:
-private keys stay in the key home (0600); the database holds public facts and hashes only
-(tokens are stored as SHA-256 of a 256-bit random secret: a fast hash is enough for a secret
-that cannot be guessed).
+Devices with their enrollment records (public keys, broker password hash, TLS serial: what
+the broker ACL/CRL is rendered from), one-time enrollment tokens, API tokens, device status
+(latest and history), telemetry (a time series with a retention bound), deployments with
+per-device outcomes, federated runs with their rounds and the audit log. Key material never
+enters the database: private keys stay in the key home (0600); the database holds public facts
+and hashes only (tokens are stored as SHA-256 of a 256-bit random secret: a fast hash is
+enough for a secret that cannot be guessed).
 
 Every method is one transaction and is safe to call from several threads (a session per
 call). Writes of device messages are idempotent by ``(device_id, msg_id)``: an MQTT QoS 1
@@ -52,6 +53,7 @@ import json
 import math
 import re
 import secrets
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -78,6 +80,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from cloud.device_records import DeviceRecord
 from cloud.fleet.records import (
     ApiToken,
     AuditEntry,
@@ -510,6 +513,126 @@ class FleetStore:
             if row.revoked_at is None:
                 row.revoked_at = float(at)
             return _device(row)
+
+    # --- enrollment records -----------------------------------------------------------------
+    def _put_record(
+        self,
+        session: Session,
+        record: DeviceRecord,
+        *,
+        new: bool,
+        profile: str | None,
+        tags: list[str] | None,
+        now: float,
+    ) -> None:
+        check_new_name(record.device_id, IdentifierKind.DEVICE)
+        check_identifier(record.hardware_id, IdentifierKind.HARDWARE)
+        groups = _labels(record.groups, IdentifierKind.GROUP)
+        row = session.get(DeviceRow, record.device_id)
+        if row is None:
+            row = DeviceRow(
+                id=record.device_id,
+                profile=profile,
+                hardware_id=record.hardware_id,
+                groups=groups,
+                tags=tags or [],
+                broker_identity=record.device_id,
+                enrolled_at=float(record.enrolled_at),
+            )
+            session.add(row)
+            session.flush()
+            tags = tags or []
+        else:
+            if new and row.box_public is not None:
+                raise ConfigError(
+                    f"device {record.device_id!r} is already enrolled", code="already_enrolled"
+                )
+            row.hardware_id = record.hardware_id
+            row.groups = groups
+            row.enrolled_at = float(record.enrolled_at)
+            if profile is not None:
+                row.profile = profile
+            if tags is not None:
+                row.tags = tags
+        row.box_public = record.box_public
+        row.signing_public = record.signing_public
+        row.password_hash = record.password_hash
+        row.tls_serial = record.tls_serial
+        row.supernode_public = record.supernode_public
+        if record.revoked and row.revoked_at is None:  # a revoked device stays revoked
+            row.revoked_at = float(now)
+        self._write_labels(session, record.device_id, groups, tags)
+
+    def put_enrollment_record(
+        self,
+        record: DeviceRecord,
+        *,
+        new: bool = False,
+        profile: str | None = None,
+        tags: Iterable[str] | None = None,
+        now: float | None = None,
+    ) -> None:
+        """Store a device's enrollment record: public keys, the broker password's hash,
+        the TLS certificate serial, groups, the revoked flag (a ``DeviceRecord`` has no
+        private field; none is ever stored).
+
+        A missing device row is created (with ``profile`` and ``tags``); an existing one
+        gets the record's fields (``profile``/``tags`` only when given). A revoked record
+        sets ``revoked_at`` (to ``now``, default the current time) unless already set; a
+        revoked device is never un-revoked.
+
+        Args:
+            new: a fresh enrollment: ``ConfigError`` code ``already_enrolled`` if the device
+                already has a record (a row without one is completed).
+        """
+        tag_list = None if tags is None else _labels(tags, IdentifierKind.TAG)
+        at = time.time() if now is None else now
+        already = ConfigError(
+            f"device {record.device_id!r} is already enrolled", code="already_enrolled"
+        )
+        try:
+            with self._tx() as session:
+                self._put_record(session, record, new=new, profile=profile, tags=tag_list, now=at)
+        except RegistryError as exc:
+            if new and isinstance(exc.__cause__, IntegrityError):  # a concurrent enrollment
+                raise already from exc
+            raise
+
+    def put_enrollment_records(
+        self, records: Iterable[DeviceRecord], *, now: float | None = None
+    ) -> int:
+        """Insert or replace many records in one transaction (an import: all or nothing;
+        idempotent). Returns how many were stored."""
+        at = time.time() if now is None else now
+        count = 0
+        with self._tx() as session:
+            for record in records:
+                self._put_record(session, record, new=False, profile=None, tags=None, now=at)
+                count += 1
+        return count
+
+    def enrollment_records(self) -> dict[str, DeviceRecord]:
+        """Every device's enrollment record by id, revoked ones included (rows without a
+        record — ``add_device`` alone — are left out)."""
+        with self._tx() as session:
+            rows = session.scalars(
+                select(DeviceRow).where(DeviceRow.box_public.is_not(None)).order_by(DeviceRow.id)
+            )
+            return {
+                row.id: DeviceRecord(
+                    device_id=row.id,
+                    hardware_id=row.hardware_id,
+                    groups=list(row.groups or []),
+                    box_public=row.box_public or "",
+                    signing_public=row.signing_public or "",
+                    password_hash=row.password_hash or "",
+                    enrolled_at=int(row.enrolled_at),
+                    revoked=row.revoked_at is not None,
+                    supernode_public=row.supernode_public or "",
+                    tls_serial=row.tls_serial or "",
+                )
+                for row in rows
+            }
 
     # --- enrollment tokens ----------------------------------------------------------------
     def create_enrollment_token(

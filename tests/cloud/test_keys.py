@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from cloud.broker import render_acl, write_broker_config
 from cloud.cli.broker import broker_app
+from cloud.cli.common import key_home
 from cloud.cli.keys import keys_app
 from cloud.keys import COORDINATOR_USER, MONITOR_USER, DeviceRecord, KeyHome
 from edge.keystore import load_device_keys
@@ -116,7 +117,8 @@ def test_broker_config_and_device_revocation(tmp_path: Path) -> None:
     assert not any(x.startswith("password_file") for x in conf)  # unused with B1: not written
     crl = x509.load_pem_x509_crl(Path(out["crl"]).read_bytes())
     assert len(list(crl)) == 0
-    home = KeyHome(tmp_path / "fedge-home" / "keys")
+    home = key_home()  # what the CLI uses: the records are in the fleet database
+    assert home.path == tmp_path / "fedge-home" / "keys" and not home.fleet_path.exists()
     serial = cert_serial((home.device_dir("dev-a") / "client.crt").read_bytes())
     assert home.fleet()["dev-a"].tls_serial == format(serial, "x")
     revoked = _cli(keys_app, "revoke-device", "dev-a")

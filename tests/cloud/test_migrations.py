@@ -34,7 +34,15 @@ FLEET_TABLES = {
     "audit_log",
 }
 FEDERATION_TABLES = {"federation_runs", "federation_rounds"}
-HEAD = "0003"
+HEAD = "0004"
+#: The enrollment-record columns 0004 adds to ``devices`` (no private key among them).
+CREDENTIAL_COLUMNS = {
+    "box_public",
+    "signing_public",
+    "password_hash",
+    "tls_serial",
+    "supernode_public",
+}
 
 
 @pytest.fixture()
@@ -63,7 +71,7 @@ def _diff(engine: Engine) -> list[Any]:
 def test_one_linear_history() -> None:
     script = ScriptDirectory.from_config(alembic_config())
     assert script.get_heads() == [HEAD]
-    assert [r.revision for r in script.walk_revisions()] == ["0003", "0002", "0001"]
+    assert [r.revision for r in script.walk_revisions()] == ["0004", "0003", "0002", "0001"]
 
 
 def test_empty_database_goes_to_head(engine: Engine) -> None:
@@ -192,10 +200,12 @@ def test_0002_database_upgrades_to_0003_with_its_rows_kept(engine: Engine) -> No
         )
     assert _revision(engine) == "0002"
     assert _tables(engine) == REGISTRY_TABLES | FLEET_TABLES | {"alembic_version"}
-    # Against the models only the federation tables (and their index) are missing.
+    # Against the models only the federation tables (and their index) and the 0004
+    # credential columns are missing.
     diff = _diff(engine)
-    assert {d[0] for d in diff} == {"add_table", "add_index"}
+    assert {d[0] for d in diff} == {"add_table", "add_index", "add_column"}
     assert {d[1].name for d in diff if d[0] == "add_table"} == FEDERATION_TABLES
+    assert {d[3].name for d in diff if d[0] == "add_column"} == CREDENTIAL_COLUMNS
 
     upgrade_database(engine)
 
@@ -216,3 +226,64 @@ def test_0003_downgrades_to_0002(engine: Engine) -> None:
         command.downgrade(alembic_config(conn), "0002")
     assert _revision(engine) == "0002"
     assert _tables(engine) == REGISTRY_TABLES | FLEET_TABLES | {"alembic_version"}
+
+
+def _columns(engine: Engine, table: str) -> set[str]:
+    with engine.connect() as conn:
+        return {c["name"] for c in inspect(conn).get_columns(table)}
+
+
+def test_0003_database_upgrades_to_0004_with_its_devices_kept(engine: Engine) -> None:
+    from alembic import command
+
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0003")
+        conn.execute(
+            text(
+                "INSERT INTO devices (id, hardware_id, groups, tags, broker_identity,"
+                " enrolled_at, revoked_at) VALUES ('cam-1', 'hw-a', '[\"lobby\"]', '[]',"
+                " 'cam-1', 5.0, 7.0)"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO device_labels (device_id, kind, value)"
+                " VALUES ('cam-1', 'group', 'lobby')"
+            )
+        )
+    assert _revision(engine) == "0003"
+    assert not _columns(engine, "devices") & CREDENTIAL_COLUMNS
+    diff = _diff(engine)
+    assert {d[0] for d in diff} == {"add_column"}
+    assert {(d[2], d[3].name) for d in diff} == {("devices", c) for c in CREDENTIAL_COLUMNS}
+
+    upgrade_database(engine)
+
+    assert _revision(engine) == HEAD
+    assert _columns(engine, "devices") >= CREDENTIAL_COLUMNS
+    assert _diff(engine) == []
+    with engine.connect() as conn:
+        row = conn.execute(
+            text("SELECT id, hardware_id, enrolled_at, revoked_at, box_public FROM devices")
+        ).one()
+        assert tuple(row) == ("cam-1", "hw-a", 5.0, 7.0, None)  # no record until imported
+        assert conn.execute(text("SELECT value FROM device_labels")).scalar_one() == "lobby"
+
+
+def test_0004_downgrades_to_0003(engine: Engine) -> None:
+    from alembic import command
+
+    upgrade_database(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO devices (id, hardware_id, groups, tags, broker_identity,"
+                " enrolled_at, box_public) VALUES ('cam-1', 'hw-a', '[]', '[]', 'cam-1', 5.0,"
+                " 'pub')"
+            )
+        )
+        command.downgrade(alembic_config(conn), "0003")
+    assert _revision(engine) == "0003"
+    assert not _columns(engine, "devices") & CREDENTIAL_COLUMNS
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT id FROM devices")).scalar_one() == "cam-1"

@@ -1,7 +1,8 @@
 """``/v1/devices``: enrollment tokens, enrollment, listing, labels, revocation.
 
-Enrollment writes the device's keys into the key home (``KeyHome.enroll_device``), records
-it in the fleet store and re-renders the broker ACL/CRL; the response is the device's bundle
+Enrollment writes the device's keys into the key home (``KeyHome.enroll_device``: its
+bundle there, its enrollment record — with profile and tags — in the fleet database, one
+row) and re-renders the broker ACL/CRL; the response is the device's bundle
 (its private keys!), so it is ``Cache-Control: no-store`` and shown once. Revocation takes
 the device out of the ACL, puts its certificate on the CRL, evicts its live session and
 reloads the broker before it answers (``cloud.broker.refresh_broker``, rule B5).
@@ -40,6 +41,7 @@ from cloud.api.schemas import (
     TelemetryOut,
 )
 from cloud.broker import refresh_broker
+from cloud.fleet.credentials import records_in_store
 from cloud.keys import KeyHome
 from shared.errors import ConfigError, FedgeError, InvalidTokenError
 from shared.identifiers import IDENTIFIER_PATTERN, IdentifierKind, check_new_name
@@ -145,15 +147,22 @@ def enroll(body: EnrollIn, res: ResourcesDep, audit: AuditDep, response: Respons
     audit.detail = {"token_id": record.token_id}
     if record.device_id in res.home.fleet():
         raise ConfigError(f"device {record.device_id} is already enrolled", code="already_enrolled")
-    res.home.enroll_device(record.device_id, hardware_id=record.hardware_id, groups=record.groups)
-    res.store.add_device(
+    res.home.enroll_device(
         record.device_id,
         hardware_id=record.hardware_id,
-        profile=record.profile,
         groups=record.groups,
+        profile=record.profile,
         tags=record.tags,
-        enrolled_at=res.now(),
     )
+    if not records_in_store(res.home, res.store):  # a key home keeping its own fleet.json
+        res.store.add_device(
+            record.device_id,
+            hardware_id=record.hardware_id,
+            profile=record.profile,
+            groups=record.groups,
+            tags=record.tags,
+            enrolled_at=res.now(),
+        )
     try:
         broker = _refresh(res)
     except (FedgeError, OSError) as exc:  # enrolled all the same; the next refresh fixes it
@@ -223,10 +232,11 @@ def get_device(device_id: DeviceId, res: ResourcesDep, token: ViewerToken) -> De
     )
 
 
-def _set_fleet_groups(home: KeyHome, device_id: str, groups: list[str]) -> None:
-    """The key home's fleet record is what the broker ACL is rendered from."""
-    if device_id in home.fleet():
-        home.set_groups(device_id, groups)
+def _set_fleet_groups(res: Resources, device_id: str, groups: list[str]) -> None:
+    """Groups of a key home keeping its records outside the fleet database (its own
+    fleet.json); with the records in the database, ``set_labels`` is the one write."""
+    if not records_in_store(res.home, res.store) and device_id in res.home.fleet():
+        res.home.set_groups(device_id, groups)
 
 
 @router.patch(
@@ -249,7 +259,8 @@ def patch_device(
         groups = sorted({check_new_name(g, IdentifierKind.GROUP) for g in body.groups})
     audit.detail = {"groups": groups, "tags": body.tags}
     if groups is not None:
-        _set_fleet_groups(res.home, device_id, groups)
+        _set_fleet_groups(res, device_id, groups)
+    # devices.groups is the ACL's source: the broker is re-rendered from it just below.
     device = res.store.set_labels(device_id, groups=groups, tags=body.tags)
     if groups is not None:
         _refresh(res)
@@ -267,13 +278,13 @@ def revoke_device(
 ) -> DeviceRevoked:
     """Revoke a device (admin): off the ACL, certificate on the CRL, live session evicted,
     broker reloaded — its broker access has ended when this answers."""
-    res.home.revoke_device(device_id)
+    res.home.revoke_device(device_id, at=res.now())  # devices.revoked_at: off the ACL
     failure: Exception | None = None
     try:
         broker = _refresh(res, evict=(device_id,))
     except (FedgeError, OSError) as exc:
         failure, broker = exc, BrokerRefresh(configured=True, error=str(exc))
-    device = res.store.mark_revoked(device_id, at=res.now())
+    device = res.store.mark_revoked(device_id, at=res.now())  # idempotent: already set
     detail: dict[str, Any] = broker.model_dump()
     audit.detail = detail
     if failure is not None:

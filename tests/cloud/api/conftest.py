@@ -15,6 +15,7 @@ from cloud.api.jobs import DeploymentJobs
 from cloud.config import Settings
 from cloud.deployment.link import CoordinatorTransport
 from cloud.deployment.publisher import Publisher
+from cloud.fleet.credentials import database_key_home
 from cloud.fleet.records import Role
 from cloud.fleet.store import FleetStore
 from cloud.keys import KeyHome
@@ -74,11 +75,11 @@ def _key_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return home.path
 
 
-def _copy_home(template: Path, target: Path) -> KeyHome:
+def _copy_home(template: Path, target: Path, store: FleetStore) -> KeyHome:
     import shutil
 
     shutil.copytree(template, target)
-    return KeyHome(target)
+    return database_key_home(target, store)  # as build_resources: records in the database
 
 
 @pytest.fixture()
@@ -86,7 +87,7 @@ def api(database_url: str, tmp_path: Path, _key_template: Path) -> Iterator[Api]
     settings = Settings(home=tmp_path / "home", database_url=database_url)
     registry = Registry(database_url, tmp_path / "artifacts")
     store = FleetStore.from_registry(registry)
-    home = _copy_home(_key_template, tmp_path / "home" / "keys")
+    home = _copy_home(_key_template, tmp_path / "home" / "keys", store)
     broker = InMemoryBroker(device_acl)
 
     def connect(subscriptions: list[str]) -> CoordinatorTransport:
