@@ -995,11 +995,20 @@ def _time_api(
     headers = {"Authorization": f"Bearer {secret}"}
 
     def get(cursor: str | None) -> dict[str, Any]:
+        nonlocal conn
         path = f"/v1/devices?group={group}&limit={limit}"
         if cursor:
             path += f"&cursor={cursor}"
-        conn.request("GET", path, headers=headers)
-        resp = conn.getresponse()
+        try:
+            conn.request("GET", path, headers=headers)
+            resp = conn.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            # uvicorn closes a keep-alive connection idle for 5 s (between the phases);
+            # reconnect and retry once. The timed loops never idle that long.
+            conn.close()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            conn.request("GET", path, headers=headers)
+            resp = conn.getresponse()
         body = resp.read()
         if resp.status != 200:
             raise RuntimeError(f"HTTP {resp.status}: {body[:300]!r}")
