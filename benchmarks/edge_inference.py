@@ -10,6 +10,7 @@ litert-torch + ai-edge-quantizer), one interpreter thread. Rows:
 * ``Predictor (int8 in)``      the same, with the output dequantized to float32
 * ``Predictor (float in)``     Predictor.predict on float32 input (adds quantization)
 * ``HTTP JSON`` / ``HTTP npy`` POST /v1/infer on a keep-alive loopback connection
+* ``Unix socket (float in)``   binary frames on a keep-alive Unix socket (SocketClient)
 * ``torch eager float``        the original torch model, for reference
 
 Throughput (requests/s) is measured for the Predictor and HTTP with 1 and 4 concurrent
@@ -39,7 +40,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edge.inference import InferenceServer, Predictor  # noqa: E402
+from edge.inference import InferenceServer, Predictor, SocketClient, SocketServer  # noqa: E402
 from edge.inference.runtime import make_interpreter  # noqa: E402
 from tests.helpers.models import INPUT_SHAPE, build_models, torch_cnn  # noqa: E402
 
@@ -171,6 +172,13 @@ def main(argv: list[str] | None = None) -> int:
     rows["HTTP npy"] = _summary(
         _time(_http_client(server.port, npy_body, "application/x-npy"), max(n // 3, 100))
     )
+    sock_dir = Path(tempfile.mkdtemp(prefix="fsb", dir="/tmp"))
+    sock_server = SocketServer(predictor, sock_dir / "s" / "infer.sock")
+    sock_server.start()
+    sock_client = SocketClient(sock_server.path)
+    rows["Unix socket (float in)"] = _summary(_time(lambda: sock_client.predict(x), n))
+    sock_client.close()
+    sock_server.stop()
     rows["torch eager float"] = _summary(_time(torch_eager, max(n // 3, 100)))
 
     throughput: dict[str, float] = {}

@@ -38,7 +38,7 @@ import psutil
 from pydantic import BaseModel
 
 from edge.agent_updates import AgentUpdates
-from edge.inference import InferenceServer, Predictor
+from edge.inference import InferenceServer, Predictor, SocketServer
 from edge.keystore import DeviceKeys, load_device_keys
 from edge.messaging import EventKind, LinkEvent, MqttLink, parse_broker_url
 from edge.outbox import Outbox
@@ -86,6 +86,7 @@ class AgentConfig:
     http_port: int | None = None
     http_max_connections: int = 32  # local API: connections past it get 503 at once
     http_timeout_s: float = 10.0  # local API: seconds to deliver each whole request
+    socket_path: Path | None = None  # local Unix-socket inference API (binary frames)
     username: str | None = None
     password: str | None = None
     cafile: str | None = None
@@ -170,6 +171,7 @@ class Agent:
             config.state_dir / "outbox.sqlite3", max_messages=config.outbox_max_messages
         )
         self.server: InferenceServer | None = None
+        self.socket_server: SocketServer | None = None
         self.supernode: SuperNodeSupervisor | None = None
         will = StatusMessage(
             device_id=config.device_id,
@@ -258,6 +260,21 @@ class Agent:
                 request_timeout=cfg.http_timeout_s,
             )
             self.server.start()
+        if cfg.socket_path is not None:
+            self.socket_server = SocketServer(
+                self.predictor,
+                cfg.socket_path,
+                max_connections=cfg.http_max_connections,
+                request_timeout=cfg.http_timeout_s,
+            )
+            try:
+                self.socket_server.start()
+            except BaseException:
+                self.socket_server = None
+                if self.server is not None:  # do not leave the HTTP server running
+                    self.server.stop()
+                    self.server = None
+                raise
         logger.info(
             "agent %s starting (profile %s, %d messages in outbox)",
             cfg.device_id,
@@ -461,6 +478,8 @@ class Agent:
         logger.info("agent %s stopping", self.config.device_id)
         if self.server is not None:
             self.server.stop()
+        if self.socket_server is not None:
+            self.socket_server.stop()
         if self.supernode is not None:
             self.supernode.stop()  # the SuperNode, its SuperExec and any ClientApp
         try:

@@ -87,6 +87,15 @@ HttpTimeout = Annotated[
     ),
 ]
 
+SocketPathOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--socket",
+        envvar="FEDGE_SOCKET",
+        help="Also serve inference on this Unix socket (binary frames, mode 0600).",
+    ),
+]
+
 
 @edge_app.command()
 def run(
@@ -116,6 +125,7 @@ def run(
     ] = None,
     http_max_connections: HttpMaxConnections = 32,
     http_timeout: HttpTimeout = 10.0,
+    socket_path: SocketPathOpt = None,
     state_dir: Annotated[
         Path, typer.Option(envvar="FEDGE_STATE_DIR", help="Outbox and device state.")
     ] = Path(".fedge/edge"),
@@ -177,6 +187,7 @@ def run(
             http_port=http_port,
             http_max_connections=http_max_connections,
             http_timeout_s=http_timeout,
+            socket_path=socket_path,
             username=username,
             password=password,
             cafile=cafile,
@@ -299,29 +310,46 @@ def serve(
     profile: Annotated[Path | None, typer.Option(help="Take threads/limits from it.")] = None,
     http_max_connections: HttpMaxConnections = 32,
     http_timeout: HttpTimeout = 10.0,
+    socket_path: SocketPathOpt = None,
     log_level: Annotated[str, typer.Option()] = "info",
 ) -> None:
-    """Serve a model on the loopback HTTP endpoint only (no MQTT) until Ctrl-C."""
-    from edge.inference import InferenceServer
+    """Serve a model on the loopback HTTP endpoint (and --socket) only, no MQTT, until Ctrl-C."""
+    from edge.inference import InferenceServer, SocketServer
 
     _setup_logging(log_level)
+    sock_server = None
     try:
+        predictor = _load_predictor(model, threads, profile)
         server = InferenceServer(
-            _load_predictor(model, threads, profile),
+            predictor,
             port=port,
             max_connections=http_max_connections,
             request_timeout=http_timeout,
         )
+        if socket_path is not None:
+            sock_server = SocketServer(
+                predictor,
+                socket_path,
+                max_connections=http_max_connections,
+                request_timeout=http_timeout,
+            )
+            sock_server.start()
         server.start()
     except FedgeError as exc:
+        if sock_server is not None:
+            sock_server.stop()
         _fail(exc)
         return
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     typer.echo(f"serving on {server.url} (POST /v1/infer, GET /v1/health)")
+    if sock_server is not None:
+        typer.echo(f"serving on unix socket {sock_server.path}")
     stop.wait()
     server.stop()
+    if sock_server is not None:
+        sock_server.stop()
 
 
 @edge_app.command("supernode")
