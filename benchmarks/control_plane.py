@@ -481,7 +481,8 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def ingestion_run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    from cloud.broker import start_broker, wait_listening, write_broker_config
+    from cloud.broker import write_broker_config
+    from cloud.broker_process import start_broker, wait_listening
     from cloud.keys import KeyHome
     from tests.helpers.mosquitto import free_port
 

@@ -203,7 +203,8 @@ def setup_fleet(work: Path, total: int, baseline: int) -> dict[str, Any]:
     fleet broker (TLS + passwords + ACLs)."""
     import subprocess
 
-    from cloud.broker import find_mosquitto, wait_listening, write_broker_config
+    from cloud.broker import find_mosquitto, write_broker_config
+    from cloud.broker_process import wait_listening
     from cloud.keys import KeyHome
     from tests.helpers.mosquitto import free_port
 

@@ -38,11 +38,7 @@ Nothing here logs key material; summaries return key ids and paths only.
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import hashlib
 import logging
-import os
 import secrets
 import time
 from collections.abc import Sequence
@@ -51,7 +47,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from cloud.device_records import DeviceRecord, FleetRecords, JsonFleetRecords, fleet_to_json
+from cloud.device_records import DeviceRecord, FleetRecords, JsonFleetRecords
+from cloud.key_fleet import IMPORTED_SUFFIX as IMPORTED_SUFFIX  # re-exported
+from cloud.key_fleet import FleetMixin
+from cloud.key_identities import (
+    COORDINATOR_USER,
+    INGEST_USER,
+    MONITOR_USER,
+    IdentitiesMixin,
+    _epoch,
+    hash_password,
+)
+from cloud.key_rotation import RotationMixin
 from cloud.keyfiles import read_json, write_json, write_private, write_public
 from shared.artifacts.manifest import b64encode
 from shared.artifacts.trust import (
@@ -73,8 +80,6 @@ from shared.crypto.tls import (
 )
 from shared.errors import ConfigError, NotFoundError
 from shared.identifiers import (
-    COORDINATOR_ACCOUNT,
-    MONITOR_ACCOUNT,
     IdentifierKind,
     check_identifier,
     check_new_name,
@@ -93,39 +98,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: The coordinator's broker identity: CN of its client certificate = MQTT username = client id.
-COORDINATOR_USER = COORDINATOR_ACCOUNT
-#: The read-only observer identity (may subscribe to ``fedge/v1/#``, publishes nothing).
-MONITOR_USER = MONITOR_ACCOUNT
-#: The ingestion worker's identity (may subscribe to every device's status and telemetry,
-#: publishes nothing). Separate from the coordinator's: the broker allows one session per
-#: identity, and the coordinator's is held by the publisher in the same process. A reserved
-#: name by the ``fedge-`` prefix (:data:`shared.identifiers.RESERVED_PREFIX`).
-INGEST_USER = "fedge-ingest"
 DEFAULT_HOSTS = ("127.0.0.1", "localhost")
 
 
-def hash_password(password: str, *, iterations: int = 1000) -> str:
-    """Mosquitto 2 ``$7$`` password hash (PBKDF2-HMAC-SHA512, 12-byte salt).
-
-    Computed here rather than by ``mosquitto_passwd`` so no plaintext password ever
-    lands in a file the broker reads, and the config can be written without the binary.
-    """
-    salt = secrets.token_bytes(12)
-    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
-    return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
-
-
-def _epoch(now: datetime) -> int:
-    return int(now.timestamp())
-
-
-#: What a database-backed key home renames an imported ``fleet.json`` to.
-IMPORTED_SUFFIX = ".imported"
-
-
 @dataclass(frozen=True)
-class KeyHome:
+class KeyHome(FleetMixin, IdentitiesMixin, RotationMixin):
     """A key home directory and the operations on it.
 
     ``records``: where the enrollment records live (None: ``fleet.json`` in ``path``).
@@ -151,25 +128,9 @@ class KeyHome:
         return self.path / "tls"
 
     @property
-    def fleet_path(self) -> Path:
-        """The JSON fleet file: the records of a key home without a database, or one to
-        import into the database."""
-        return self.path / "fleet.json"
-
-    @property
     def revocations_path(self) -> Path:
         """Newest root-signed revocation list."""
         return self.path / "revocations.json"
-
-    @property
-    def monitor_dir(self) -> Path:
-        """TLS client certificate and key of the read-only monitor identity."""
-        return self.path / "monitor"
-
-    @property
-    def ingest_dir(self) -> Path:
-        """TLS client certificate and key of the ingestion worker's identity."""
-        return self.path / "ingest"
 
     def device_dir(self, device_id: str) -> Path:
         """Enrollment bundle of ``device_id``.
@@ -240,56 +201,6 @@ class KeyHome:
         """The coordinator's X25519 key (devices seal updates to its public half)."""
         return PrivateKey.from_pem((self.path / "coordinator" / "box.key").read_bytes())
 
-    def _fleet_records(self) -> FleetRecords:
-        if self.records is None:
-            return JsonFleetRecords(self.fleet_path)
-        if self.fleet_path.exists():
-            self.import_json_fleet()
-        return self.records
-
-    def import_json_fleet(self) -> int:
-        """Move the records of a ``fleet.json`` into the database backend (idempotent).
-
-        Every record is stored in one transaction (a revoked device stays revoked), then the
-        file is renamed ``fleet.json.imported``: an upgraded key home never loses a device,
-        and a crash before the rename only imports the same records again. Called by every
-        fleet operation of a database-backed key home; a no-op without a file or a database.
-
-        Returns:
-            How many records were imported.
-        """
-        if self.records is None or not self.fleet_path.exists():
-            return 0
-        legacy = JsonFleetRecords(self.fleet_path).load()
-        self.records.put(legacy.values())
-        target = self.fleet_path.with_name(self.fleet_path.name + IMPORTED_SUFFIX)
-        # FileNotFoundError: another process imported the same file just now.
-        with contextlib.suppress(FileNotFoundError):
-            os.replace(self.fleet_path, target)
-        log.warning(
-            "imported %d device record(s) from %s into the fleet database; the file is now %s "
-            "(the records live in the database: `fedge keys export-fleet` writes a backup)",
-            len(legacy),
-            self.fleet_path,
-            target.name,
-        )
-        return len(legacy)
-
-    def fleet(self) -> dict[str, DeviceRecord]:
-        """Enrolled devices by id (revoked ones included)."""
-        return self._fleet_records().load()
-
-    def export_fleet(self, path: Path) -> dict[str, Any]:
-        """Write every enrollment record as ``fleet.json``-format JSON to ``path`` (0600).
-
-        A backup: copied to ``keys/fleet.json`` of a database-backed key home, it is
-        imported again (revocations are never undone by it).
-        """
-        fleet = self.fleet()
-        write_json(path, fleet_to_json(fleet), private=True)
-        log.info("exported %d device record(s) to %s", len(fleet), path)
-        return {"path": str(path), "devices": len(fleet)}
-
     def ca(self) -> TlsIdentity:
         """The project CA (certificate and key)."""
         return TlsIdentity(
@@ -297,22 +208,6 @@ class KeyHome:
         )
 
     # -- operations ------------------------------------------------------------------------
-    def _new_release(self, root: SigningKey, now: datetime, days: int) -> str:
-        key = SigningKey.generate()
-        kid = key.verify_key.key_id
-        cert = certify_key(
-            root,
-            key.verify_key,
-            Role.RELEASE,
-            issued_at=_epoch(now),
-            expires=_epoch(now + timedelta(days=days)),
-        )
-        d = self.path / "release"
-        write_private(d / f"{kid[:16]}.key", key.to_pem())
-        write_json(d / f"{kid[:16]}.cert", cert.model_dump(mode="json", exclude_none=True))
-        write_json(d / "current.json", {"key_id": kid})
-        return kid
-
     def init(
         self,
         *,
@@ -372,110 +267,6 @@ class KeyHome:
             "ca": str(self.tls_dir / "ca.crt"),
             "broker_hosts": list(hosts),
         }
-
-    def _issue_monitor(self, ca: TlsIdentity, now: datetime) -> None:
-        monitor = issue_client_cert(ca, MONITOR_USER, now=now)
-        write_public(self.monitor_dir / "broker.crt", monitor.cert_pem)
-        write_private(self.monitor_dir / "broker.key", monitor.key_pem)
-
-    def ensure_monitor(self, *, now: datetime | None = None) -> bool:
-        """Issue the monitor's certificate if this key home predates it.
-
-        Returns:
-            Whether a certificate was issued now.
-        """
-        self._require()
-        if (self.monitor_dir / "broker.crt").exists():
-            return False
-        self._issue_monitor(self.ca(), now or datetime.now(UTC))
-        log.info("issued the %s certificate", MONITOR_USER)
-        return True
-
-    def _issue_ingest(self, ca: TlsIdentity, now: datetime) -> None:
-        ingest = issue_client_cert(ca, INGEST_USER, now=now)
-        write_public(self.ingest_dir / "broker.crt", ingest.cert_pem)
-        write_private(self.ingest_dir / "broker.key", ingest.key_pem)
-
-    def ensure_ingest(self, *, now: datetime | None = None) -> bool:
-        """Issue the ingestion worker's certificate if this key home predates it.
-
-        Returns:
-            Whether a certificate was issued now.
-        """
-        self._require()
-        if (self.ingest_dir / "broker.crt").exists():
-            return False
-        self._issue_ingest(self.ca(), now or datetime.now(UTC))
-        log.info("issued the %s certificate", INGEST_USER)
-        return True
-
-    def revoked_serials(self) -> dict[str, int]:
-        """TLS certificate serials of revoked devices, by device id (for the broker CRL).
-
-        A revoked device whose serial is neither recorded nor readable from its bundle is
-        left out (with a warning): the ACL still grants it nothing.
-        """
-        out: dict[str, int] = {}
-        for device_id, record in self.fleet().items():
-            if not record.revoked:
-                continue
-            if record.tls_serial:
-                out[device_id] = int(record.tls_serial, 16)
-                continue
-            cert = self.device_dir(device_id) / "client.crt"
-            if cert.exists():
-                out[device_id] = cert_serial(cert.read_bytes())
-            else:
-                log.warning("revoked device %s: certificate serial unknown, not in CRL", device_id)
-        return out
-
-    def rotate_release(
-        self,
-        *,
-        now: datetime | None = None,
-        root_passphrase: bytes | None = None,
-        root_key: Path | None = None,
-        revoke_old: bool = False,
-        days: int = 365,
-    ) -> dict[str, Any]:
-        """Issue a new root-certified release key and make it current."""
-        self._require()
-        now = now or datetime.now(UTC)
-        root = self.load_root(root_passphrase, root_key)
-        old = read_json(self.path / "release" / "current.json")["key_id"]
-        new = self._new_release(root, now, days)
-        result: dict[str, Any] = {"old_release_key_id": old, "release_key_id": new}
-        if revoke_old:
-            result |= self._revoke(root, old, now)
-        return result
-
-    def _revoke(self, root: SigningKey, key_id: str, now: datetime) -> dict[str, Any]:
-        current = self.trust_store().revocations
-        version = (current.version if current else 0) + 1
-        ids = tuple(sorted({*(current.revoked_key_ids if current else ()), key_id}))
-        revs = sign_revocations(
-            root, RevocationList(version=version, issued_at=_epoch(now), revoked_key_ids=ids)
-        )
-        write_json(self.revocations_path, revs.model_dump(mode="json", exclude_none=True))
-        return {"revoked_key_id": key_id, "revocations_version": version}
-
-    def revoke_key(
-        self,
-        key_id: str,
-        *,
-        now: datetime | None = None,
-        root_passphrase: bytes | None = None,
-        root_key: Path | None = None,
-    ) -> dict[str, Any]:
-        """Add ``key_id`` (a release or coordinator key) to the root-signed revocation list."""
-        self._require()
-        if len(key_id) != 64 or any(c not in "0123456789abcdef" for c in key_id):
-            raise ConfigError("key id must be 64 lowercase hex digits")
-        current = read_json(self.path / "release" / "current.json")["key_id"]
-        if key_id == current:
-            raise ConfigError("that is the current release key: rotate-release first")
-        root = self.load_root(root_passphrase, root_key)
-        return self._revoke(root, key_id, now or datetime.now(UTC))
 
     def enroll_device(
         self,

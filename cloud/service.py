@@ -32,7 +32,8 @@ import uvicorn
 from cloud.api.app import broker_address, create_app
 from cloud.api.app import build_resources as api_resources
 from cloud.api.deps import HealthCheck, Resources
-from cloud.broker import BrokerFiles, refresh_broker
+from cloud.broker import BrokerFiles
+from cloud.broker_process import refresh_broker
 from cloud.config import Settings
 from cloud.fleet.sync import fail_interrupted_deployments
 from cloud.ingest import DEFAULT_RETENTION_S, IngestWorker, RetentionJob

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from cloud.broker import wait_listening
+from cloud.broker_process import wait_listening
 
 ROOT = Path(__file__).resolve().parents[1]
 

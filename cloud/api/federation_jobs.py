@@ -34,12 +34,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from cloud.api.federation_requests import PlanRunner, plan_of_request
 from cloud.api.jobs import JobsBusyError
 from cloud.api.schemas import FederationRunIn
-from cloud.cli.federate import build_plan, run_plan
-from cloud.federation.plan import FederationPlan, FederationResult, RoundReport
+from cloud.cli.federate import run_plan
+from cloud.federation.plan import FederationPlan, RoundReport
 from cloud.federation.server import RoundCallback
 from cloud.fleet.records import FederationRound, FederationRun, FederationRunState
 from cloud.fleet.store import FleetStore
@@ -91,21 +92,6 @@ class FederationStopped(FedgeError):
     """Raised by the round callback after the current round of a run asked to stop."""
 
     code = "federation_stopped"
-
-
-class PlanRunner(Protocol):
-    """What runs a plan (:func:`cloud.cli.federate.run_plan`; tests pass a fake)."""
-
-    def __call__(
-        self,
-        plan: FederationPlan,
-        registry: Registry,
-        *,
-        engine: str,
-        on_round: RoundCallback | None,
-        num_cpus: int,
-        home: Path | None,
-    ) -> FederationResult: ...
 
 
 @dataclass
@@ -178,35 +164,7 @@ class FederationJobs:
             ConfigError: the plan is inconsistent; NotFoundError: unknown ``init`` version
                 or device; ConfigError ``device_revoked``: a revoked device.
         """
-        clients = (
-            len(request.devices)
-            if request.devices is not None
-            else (request.clients if request.clients is not None else 3)
-        )
-        plan = build_plan(
-            data=request.data,
-            clients=clients,
-            rounds=request.rounds,
-            strategy=request.strategy,
-            fraction=request.fraction,
-            min_clients=request.min_clients,
-            round_timeout=request.round_timeout,
-            local_epochs=request.local_epochs,
-            lr=request.lr,
-            lr_decay=request.lr_decay,
-            batch_size=request.batch_size,
-            proximal_mu=request.proximal_mu,
-            update=request.update,
-            topk_fraction=request.topk_fraction,
-            alpha=request.alpha,
-            init=request.init,
-            name=request.name,
-            quantize=request.quantize,
-            max_drop=request.max_drop,
-            seed=request.seed,
-            secagg=request.secagg,
-            secagg_timeout=request.secagg_timeout,
-        )
+        plan = plan_of_request(request)
         if plan.init_version is not None:
             self.registry.get_version(plan.init_version)  # NotFoundError up front
         for device_id in request.devices or []:

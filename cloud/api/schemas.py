@@ -1,27 +1,67 @@
-"""Request and response models of the control API (the OpenAPI schema is built from them)."""
+"""Request and response models of the control API (the OpenAPI schema is built from them).
+
+The models live in ``schemas_devices``, ``schemas_runs`` and ``schemas_admin``; this module
+re-exports every public name so ``from cloud.api.schemas import X`` keeps working.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-from cloud.federation import defaults
-from cloud.fleet.records import DeploymentState, FederationRunState, Role
-from shared.identifiers import IdentifierField
+from cloud.api.schemas_admin import (
+    AuditEntryOut,
+    AuditPage,
+    CheckResult,
+    Health,
+    Readiness,
+    TokenIn,
+    TokenList,
+    TokenOut,
+    TokenSecretOut,
+)
+from cloud.api.schemas_devices import (
+    BrokerRefresh,
+    DeviceBundle,
+    DeviceDetail,
+    DeviceOut,
+    DevicePage,
+    DevicePatch,
+    DeviceRevoked,
+    EnrollIn,
+    EnrollmentTokenIn,
+    EnrollmentTokenOut,
+    LatestTelemetry,
+    LatestTelemetryPage,
+    StatusOut,
+    TelemetryAggregateOut,
+    TelemetryAggregates,
+    TelemetryOut,
+)
+from cloud.api.schemas_runs import (
+    ArtifactOut,
+    DeploymentIn,
+    DeploymentOut,
+    DeploymentPage,
+    DeviceOutcomeOut,
+    FederationRoundOut,
+    FederationRunIn,
+    FederationRunOut,
+    FederationRunPage,
+    VersionList,
+    VersionOut,
+)
 
 __all__ = [
     "ArtifactOut",
     "AuditEntryOut",
     "AuditPage",
     "BrokerRefresh",
+    "CheckResult",
     "DeploymentIn",
     "DeploymentOut",
     "DeploymentPage",
     "DeviceBundle",
     "DeviceDetail",
     "DeviceOut",
+    "DeviceOutcomeOut",
     "DevicePage",
     "DevicePatch",
     "DeviceRevoked",
@@ -41,470 +81,9 @@ __all__ = [
     "TelemetryAggregates",
     "TelemetryOut",
     "TokenIn",
+    "TokenList",
     "TokenOut",
     "TokenSecretOut",
     "VersionList",
     "VersionOut",
 ]
-
-
-class _Out(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-
-# --- devices ------------------------------------------------------------------------------
-
-
-class DeviceOut(_Out):
-    """An enrolled device and its latest known state."""
-
-    device_id: str
-    profile: str | None
-    hardware_id: str
-    groups: list[str]
-    tags: list[str]
-    broker_identity: str
-    enrolled_at: float
-    revoked_at: float | None
-    online: bool | None
-    last_seen: float | None
-    state: str | None
-    serving: dict[str, Any] | None
-    model_version: str | None
-
-
-class DevicePage(BaseModel):
-    """One page of devices, ordered by id."""
-
-    items: list[DeviceOut]
-    next_cursor: str | None = Field(description="Pass as `cursor` for the next page.")
-
-
-class StatusOut(_Out):
-    """One status message of a device."""
-
-    device_id: str
-    msg_id: str
-    received_at: float
-    sent_at: float
-    state: str
-    payload: dict[str, Any]
-
-
-class TelemetryOut(_Out):
-    """One telemetry window of a device."""
-
-    device_id: str
-    msg_id: str
-    received_at: float
-    sent_at: float
-    model_version: str | None
-    requests: int
-    errors: int
-    latency_p50_ms: float
-    latency_p95_ms: float
-    latency_p99_ms: float
-    latency_count: int
-    payload: dict[str, Any]
-
-
-class DeviceDetail(DeviceOut):
-    """A device with its five newest statuses and its newest telemetry."""
-
-    status_history: list[StatusOut]
-    latest_telemetry: TelemetryOut | None
-
-
-class DevicePatch(BaseModel):
-    """New labels (absent: unchanged). Groups change the broker ACL."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    groups: list[IdentifierField] | None = Field(default=None, max_length=64)
-    tags: list[IdentifierField] | None = Field(default=None, max_length=64)
-
-
-class EnrollmentTokenIn(BaseModel):
-    """Who may enroll with the token, and as what."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    device_id: IdentifierField
-    hardware_id: IdentifierField
-    profile: IdentifierField | None = None
-    groups: list[IdentifierField] = Field(default_factory=list, max_length=64)
-    tags: list[IdentifierField] = Field(default_factory=list, max_length=64)
-    ttl_s: float = Field(default=3600.0, gt=0, le=30 * 86400, description="Validity in s.")
-
-
-class EnrollmentTokenOut(BaseModel):
-    """A one-time enrollment token: ``token`` is shown only in this response."""
-
-    token: str = Field(description="The secret; give it to the device, it is not stored.")
-    token_id: str
-    device_id: str
-    hardware_id: str
-    profile: str | None
-    groups: list[str]
-    tags: list[str]
-    created_at: float
-    expires_at: float
-
-
-class EnrollIn(BaseModel):
-    """A device redeeming its enrollment token (the token is its only credential)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    token: str = Field(min_length=1, max_length=512)
-
-
-class BrokerRefresh(BaseModel):
-    """What happened to the broker configuration (None fields: no broker configured)."""
-
-    configured: bool
-    broker_reloaded: bool = False
-    evicted: list[str] = Field(default_factory=list)
-    refused: list[str] | None = None
-    error: str | None = None
-
-
-class DeviceBundle(BaseModel):
-    """A device's enrollment bundle: write every file with ``file_mode`` (0600)."""
-
-    device_id: str
-    hardware_id: str
-    groups: list[str]
-    files: dict[str, str] = Field(description="File name → base64 of its bytes.")
-    file_mode: Literal["0600"] = "0600"
-    broker: BrokerRefresh
-
-
-class DeviceRevoked(BaseModel):
-    """A revoked device and the broker refresh that ended its access."""
-
-    device: DeviceOut
-    broker: BrokerRefresh
-
-
-# --- models -------------------------------------------------------------------------------
-
-
-class ArtifactOut(BaseModel):
-    """One artifact of a version."""
-
-    format: str
-    precision: str
-    sha256: str
-    bytes: int
-    status: str
-    reason: str | None
-    metrics: dict[str, Any]
-    url: str = Field(description="Download path (`GET /v1/artifacts/{sha256}`).")
-
-
-class VersionOut(BaseModel):
-    """A model version with its lineage and artifacts."""
-
-    model: str
-    number: int
-    ref: str
-    parent: str | None
-    source: str
-    source_ref: str | None
-    metrics: dict[str, Any]
-    created_at: datetime
-    artifacts: list[ArtifactOut]
-
-
-class VersionList(BaseModel):
-    """Model versions, by model then number."""
-
-    items: list[VersionOut]
-
-
-# --- deployments --------------------------------------------------------------------------
-
-
-class DeploymentIn(BaseModel):
-    """Publish ``version`` to ``devices`` or to every member of ``group`` (one of the two)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    version: str = Field(
-        min_length=1,
-        max_length=200,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(@([0-9]{1,9}|latest))?$",
-        description="MODEL@N (or MODEL / MODEL@latest for the newest version).",
-    )
-    devices: list[IdentifierField] | None = Field(default=None, min_length=1, max_length=1000)
-    group: IdentifierField | None = None
-
-    @model_validator(mode="after")
-    def _one_target(self) -> DeploymentIn:
-        if (self.devices is None) == (self.group is None):
-            raise ValueError("give exactly one of devices and group")
-        return self
-
-
-class DeviceOutcomeOut(_Out):
-    """One device's outcome in a deployment."""
-
-    device_id: str
-    outcome: str = Field(description="committed | failed | timeout | pending")
-    reason: str | None = None
-    precision: str | None = None
-    encoding: str | None = None
-
-
-class DeploymentOut(_Out):
-    """A publish job and its per-device progress."""
-
-    deployment_id: str
-    version_ref: str
-    state: DeploymentState
-    created_at: float
-    created_by: str
-    finished_at: float | None
-    error: str | None
-    devices: list[DeviceOutcomeOut]
-    bytes_sent: int | None = None
-
-
-class DeploymentPage(BaseModel):
-    """Deployments, newest first."""
-
-    items: list[DeploymentOut]
-    next_cursor: str | None
-
-
-# --- telemetry ----------------------------------------------------------------------------
-
-
-class LatestTelemetry(BaseModel):
-    """A device's newest telemetry (None before it ever sent any)."""
-
-    device_id: str
-    telemetry: TelemetryOut | None
-
-
-class LatestTelemetryPage(BaseModel):
-    """Newest telemetry per device, devices ordered by id."""
-
-    items: list[LatestTelemetry]
-    next_cursor: str | None
-
-
-class TelemetryAggregateOut(_Out):
-    """Fleet telemetry of one model version over the window."""
-
-    model_version: str | None
-    devices: int
-    requests: int
-    errors: int
-    error_rate: float
-    latency_p50_ms: float | None
-    latency_p95_ms: float | None
-    latency_p99_ms: float | None
-
-
-class TelemetryAggregates(BaseModel):
-    """Aggregates over ``[since, now]``."""
-
-    window_s: float
-    since: float
-    items: list[TelemetryAggregateOut]
-
-
-# --- federation ---------------------------------------------------------------------------
-
-
-class FederationRunIn(BaseModel):
-    """Start a federated run: the options of ``fedge cloud federate`` (same names, same
-    defaults; ``fedge cloud federate --api URL`` sends exactly these).
-
-    ``clients`` simulated devices take part (Simulation Engine), or, with
-    ``engine: deployment``, the enrolled devices connect as SuperNodes; ``devices`` then
-    names them (the run waits for that many; each must be enrolled and not revoked).
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    data: Literal["digits", "mnist-5k"] = Field(
-        default="digits", description="Built-in data set (a server path is not accepted)."
-    )
-    clients: int | None = Field(
-        default=None, ge=1, le=256, description="Devices per run (default 3, or len(devices))."
-    )
-    devices: list[IdentifierField] | None = Field(
-        default=None,
-        min_length=1,
-        max_length=1000,
-        description="Deployment Engine only: the enrolled devices that take part.",
-    )
-    rounds: int = Field(default=3, ge=1, le=1000)
-    strategy: Literal["fedavg", "fedprox", "fedadam", "trimmed-mean", "median"] = "fedavg"
-    fraction: float = Field(default=1.0, gt=0, le=1, description="Share sampled per round.")
-    min_clients: int | None = Field(default=None, ge=1, le=1000)
-    round_timeout: float = Field(default=300.0, gt=0, le=86400)
-    local_epochs: int = Field(default=defaults.LOCAL_EPOCHS, ge=1, le=100)
-    lr: float = Field(default=defaults.LR, gt=0, le=10)
-    lr_decay: float = Field(default=defaults.LR_DECAY, gt=0, le=1)
-    batch_size: int = Field(default=defaults.BATCH_SIZE, ge=1, le=4096)
-    proximal_mu: float = Field(default=defaults.PROXIMAL_MU, ge=0, le=100)
-    update: Literal["fp32", "int8", "topk"] = Field(
-        default="int8", description="Update compression (not used under SecAgg+)."
-    )
-    topk_fraction: float = Field(default=0.1, gt=0, le=1)
-    alpha: float | None = Field(default=None, gt=0, le=1e6, description="Dirichlet label skew.")
-    init: str | None = Field(
-        default=None,
-        max_length=200,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(@([0-9]{1,9}|latest))?$",
-        description="Start from this registry version (MODEL@N).",
-    )
-    name: IdentifierField | None = Field(
-        default=None, description="Registry model name of the rounds."
-    )
-    quantize: bool = Field(default=True, description="Quantize the best round at the end.")
-    max_drop: float = Field(default=1.0, ge=0, le=100)
-    seed: int = Field(default=0, ge=0, le=2**31 - 1)
-    secagg: bool | None = Field(
-        default=None,
-        description="Secure aggregation (SecAgg+); default on for fedavg, fedprox, fedadam.",
-    )
-    secagg_timeout: float = Field(default=120.0, gt=0, le=86400)
-    engine: Literal["simulation", "deployment"] = "simulation"
-
-    @model_validator(mode="after")
-    def _devices_need_the_deployment_engine(self) -> FederationRunIn:
-        if self.devices is not None:
-            if self.engine != "deployment":
-                raise ValueError("devices take part on the deployment engine only")
-            if len(set(self.devices)) != len(self.devices):
-                raise ValueError("devices must be distinct")
-            if self.clients is not None and self.clients != len(self.devices):
-                raise ValueError("clients must equal the number of devices")
-        return self
-
-
-class FederationRoundOut(_Out):
-    """One finished round of a run (None: not finite, e.g. a diverged model)."""
-
-    round: int
-    accuracy: float | None
-    loss: float | None
-    participants: int
-    rejected: int
-    failed: int
-    bytes_up: int
-    bytes_down: int
-    seconds: float
-    version: str | None = Field(description="The registry version the round produced.")
-
-
-class FederationRunOut(_Out):
-    """A federated run and its per-round metrics."""
-
-    run_id: str
-    name: str | None = Field(description="Registry model name of the rounds (once known).")
-    state: FederationRunState = Field(
-        description="pending | running | stopping | succeeded | failed | stopped"
-    )
-    plan: dict[str, Any] = Field(description="What was asked (the request, resolved).")
-    created_at: float
-    created_by: str
-    started_at: float | None
-    finished_at: float | None
-    error: str | None
-    best_version: str | None = Field(description="The most accurate round's version.")
-    rounds: list[FederationRoundOut]
-
-
-class FederationRunPage(BaseModel):
-    """Federated runs, newest first."""
-
-    items: list[FederationRunOut]
-    next_cursor: str | None
-
-
-# --- tokens and audit ---------------------------------------------------------------------
-
-
-class TokenIn(BaseModel):
-    """A new API token."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    role: Role
-    name: str = Field(
-        default="api",
-        min_length=1,
-        max_length=200,
-        pattern=r"^[^\x00-\x1f\x7f]+$",
-        description="A label for people (no control characters).",
-    )
-
-
-class TokenOut(_Out):
-    """An API token (never its secret)."""
-
-    token_id: str
-    role: Role
-    name: str
-    created_at: float
-    revoked_at: float | None
-
-
-class TokenSecretOut(TokenOut):
-    """A new API token: ``token`` is shown only in this response."""
-
-    token: str
-
-
-class TokenList(BaseModel):
-    """Every API token."""
-
-    items: list[TokenOut]
-
-
-class AuditEntryOut(_Out):
-    """Who did what, when, with which result."""
-
-    entry_id: int
-    at: float
-    actor: str
-    action: str
-    target: str | None
-    result: str
-    detail: dict[str, Any] | None
-
-
-class AuditPage(BaseModel):
-    """Audit entries, newest first."""
-
-    items: list[AuditEntryOut]
-    next_cursor: str | None
-
-
-# --- health -------------------------------------------------------------------------------
-
-
-class Health(BaseModel):
-    """Liveness."""
-
-    status: Literal["ok"] = "ok"
-
-
-class CheckResult(BaseModel):
-    """One readiness check."""
-
-    ok: bool
-    detail: str
-
-
-class Readiness(BaseModel):
-    """Readiness: every check passed."""
-
-    status: Literal["ready"] = "ready"
-    checks: dict[str, CheckResult]

@@ -36,7 +36,7 @@ class _BrokerDir:
 
     def refresh(self, home: Any, *, evict: tuple[str, ...] = ()) -> dict[str, Any]:
         """Rewrite ACL/CRL (if a config exists), evict ``evict``'s sessions, SIGHUP."""
-        from cloud.broker import refresh_broker
+        from cloud.broker_process import refresh_broker
 
         files = self.files()
         if not files.conf.exists():
@@ -77,7 +77,8 @@ def run(
     as_json: JsonFlag = False,
 ) -> None:
     """Regenerate the configuration for PORT and run mosquitto in the foreground."""
-    from cloud.broker import start_broker, write_broker_config
+    from cloud.broker import write_broker_config
+    from cloud.broker_process import start_broker
 
     with cli_errors():
         files = write_broker_config(key_home(), broker_files().path, port=port, bind=bind)

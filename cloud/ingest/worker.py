@@ -24,122 +24,31 @@ from __future__ import annotations
 
 import logging
 import queue
-import ssl
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
-from cloud.deployment.evidence import DeviceStatus
 from cloud.deployment.link import Incoming
-from cloud.fleet.records import StatusRecord, TelemetryRecord
 from cloud.identity_lock import IdentityLock
-from cloud.ingest.attribution import DeviceTelemetry, IngestAttribution
-from cloud.keys import INGEST_USER, KeyHome
+from cloud.ingest.attribution import IngestAttribution
+from cloud.ingest.batch import IngestStats, IngestStore, _Arrival, _Batch, parse_arrivals
+from cloud.ingest.session import (
+    SESSION_EXPIRY_S,
+    SUBSCRIPTIONS,
+    connect_properties,
+    ingest_client,
+)
+from cloud.keys import KeyHome
 from cloud.observability import INFERENCE_LATENCY, INGEST_DROPPED, INGEST_LAG, INGEST_MESSAGES
 from shared.errors import ConfigError
-from shared.protocol import topics
-from shared.protocol.topics import DeviceLeaf
 
 __all__ = ["SESSION_EXPIRY_S", "SUBSCRIPTIONS", "IngestStats", "IngestStore", "IngestWorker"]
 
 logger = logging.getLogger(__name__)
 
-#: How long the broker keeps queuing for a worker that is gone (restart, deploy, crash).
-SESSION_EXPIRY_S = 3600
-#: What the ``fedge-ingest`` ACL lets it read (``cloud.broker.render_acl``).
-SUBSCRIPTIONS = (
-    topics.all_devices(DeviceLeaf.STATUS),
-    topics.all_devices(DeviceLeaf.TELEMETRY),
-)
 _RETRY_MIN_S, _RETRY_MAX_S = 0.5, 10.0  # backoff of a failing database write
-
-
-class IngestStore(Protocol):
-    """What the worker needs of :class:`cloud.fleet.store.FleetStore`."""
-
-    def record_statuses(self, batch: list[StatusRecord]) -> int:
-        """Store statuses idempotently; how many were new."""
-
-    def record_telemetry(self, batch: list[TelemetryRecord]) -> int:
-        """Store telemetry idempotently; how many were new."""
-
-
-@dataclass(frozen=True)
-class IngestStats:
-    """A snapshot of the worker (for ``/readyz`` and logs).
-
-    Attributes:
-        received: Messages handed over by the broker (repeats included).
-        written: Rows the store reported as new, by kind (``status``, ``telemetry``).
-        skipped: Parsed messages the store did not add (a repeat after a redelivery, or a
-            device unknown to the store).
-        dropped: Messages dropped before the store, by reason.
-        pending: Received, not yet committed and acknowledged.
-        last_commit_at: Clock time of the last committed batch (None before the first).
-        connected: Whether the broker connection is up.
-        subscribed: Whether the broker granted the subscriptions (on the last connect).
-        failure: Why the worker cannot work (refused connection or subscription), if so.
-        write_error: The last database error, while writes are failing (None once a
-            batch commits again).
-    """
-
-    received: int
-    written: dict[str, int]
-    skipped: int
-    dropped: dict[str, int]
-    pending: int
-    last_commit_at: float | None
-    connected: bool
-    subscribed: bool
-    failure: str | None
-    write_error: str | None = None
-
-    @property
-    def written_total(self) -> int:
-        """Rows written, all kinds."""
-        return sum(self.written.values())
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready."""
-        return {
-            "received": self.received,
-            "written": dict(self.written),
-            "skipped": self.skipped,
-            "dropped": dict(self.dropped),
-            "pending": self.pending,
-            "last_commit_at": self.last_commit_at,
-            "connected": self.connected,
-            "subscribed": self.subscribed,
-            "failure": self.failure,
-            "write_error": self.write_error,
-        }
-
-
-@dataclass(frozen=True)
-class _Arrival:
-    """One received message, with what is needed to acknowledge it later."""
-
-    message: Incoming
-    mid: int
-    qos: int
-    generation: int  # which connection delivered it: acks go only to that one
-    arrived_at: float
-
-
-@dataclass
-class _Batch:
-    arrivals: list[_Arrival] = field(default_factory=list)
-    statuses: list[StatusRecord] = field(default_factory=list)
-    telemetry: list[TelemetryRecord] = field(default_factory=list)
-    latencies: list[tuple[str, float]] = field(default_factory=list)  # (version, seconds)
 
 
 _STOP = object()  # sentinel on the inbox: flush what came before, then end
@@ -209,27 +118,7 @@ class IngestWorker:
         self._stopping = threading.Event()
         self._writer: threading.Thread | None = None
         self._started = False
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=INGEST_USER,  # the broker forces it to the certificate's CN anyway
-            protocol=mqtt.MQTTv5,
-            manual_ack=True,  # PUBACK only after the commit (see the module docstring)
-        )
-        cert, key = home.ingest_dir / "broker.crt", home.ingest_dir / "broker.key"
-        try:
-            client.tls_set(
-                ca_certs=str(home.tls_dir / "ca.crt"),
-                certfile=str(cert),
-                keyfile=str(key),
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(
-                f"ingest broker credentials unusable ({exc}); regenerate the broker config "
-                "(`fedge broker config` issues the fedge-ingest certificate)"
-            ) from exc
-        client.username_pw_set(INGEST_USER)  # informational: the certificate is the identity
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client = ingest_client(home)
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
@@ -330,10 +219,7 @@ class IngestWorker:
         if self._stopping.is_set():
             raise ConfigError("a stopped ingest worker cannot be restarted: build a new one")
         self._acquire()
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = self._session_expiry_s
-        # Unacknowledged messages in flight: the broker's default (20) would stall batching.
-        props.ReceiveMaximum = min(65535, max(2 * self._batch_max, 20))
+        props = connect_properties(self._session_expiry_s, self._batch_max)
         self._accepting = True
         self._writer = threading.Thread(target=self._run, name="fedge-ingest-writer", daemon=True)
         self._writer.start()
@@ -447,49 +333,6 @@ class IngestWorker:
                 self._commit(batch, final=False)
                 batch = []
 
-    def _parse(self, arrivals: list[_Arrival]) -> _Batch:
-        out = _Batch(arrivals)
-        for arrival in arrivals:
-            try:
-                parsed = self._attribution.classify(arrival.message)
-            except Exception:  # never expected: Attribution drops what it cannot parse
-                logger.exception("ingest could not parse a message on %s", arrival.message.topic)
-                self._attribution.dropped["malformed"] += 1
-                continue
-            if isinstance(parsed, DeviceStatus):
-                s = parsed.status
-                out.statuses.append(
-                    StatusRecord(
-                        device_id=parsed.device_id,
-                        msg_id=s.msg_id,
-                        received_at=arrival.arrived_at,
-                        sent_at=s.sent_at,
-                        state=s.state.value,
-                        payload=s.model_dump(mode="json"),
-                    )
-                )
-            elif isinstance(parsed, DeviceTelemetry):
-                t = parsed.telemetry
-                out.telemetry.append(
-                    TelemetryRecord(
-                        device_id=parsed.device_id,
-                        msg_id=t.msg_id,
-                        received_at=arrival.arrived_at,
-                        sent_at=t.sent_at,
-                        model_version=t.model_version,
-                        requests=t.requests,
-                        errors=t.errors,
-                        latency_p50_ms=t.latency.p50_ms,
-                        latency_p95_ms=t.latency.p95_ms,
-                        latency_p99_ms=t.latency.p99_ms,
-                        latency_count=t.latency.count,
-                        payload=t.model_dump(mode="json"),
-                    )
-                )
-                if t.latency.count:
-                    out.latencies.append((t.model_version or "none", t.latency.p50_ms / 1000))
-        return out
-
     def _write(self, batch: _Batch, *, final: bool) -> tuple[int, int] | None:
         """Write the batch, retrying a failing database; None if given up (stopping)."""
         delay = _RETRY_MIN_S
@@ -520,7 +363,7 @@ class IngestWorker:
             delay = min(delay * 2, _RETRY_MAX_S)
 
     def _commit(self, arrivals: list[_Arrival], *, final: bool) -> None:
-        batch = self._parse(arrivals)
+        batch = parse_arrivals(self._attribution, arrivals)
         written = self._write(batch, final=final)
         if written is None:
             # Unacknowledged: redelivered to the next session (the store makes it harmless).

@@ -25,7 +25,8 @@ import pytest
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.engine import Engine
 
-from cloud.broker import render_acl, start_broker, wait_listening, write_broker_config
+from cloud.broker import render_acl, write_broker_config
+from cloud.broker_process import start_broker, wait_listening
 from cloud.fleet.records import TelemetryRecord
 from cloud.fleet.schema import TelemetryRow
 from cloud.fleet.store import FleetStore

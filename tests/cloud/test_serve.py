@@ -17,7 +17,8 @@ import psutil
 import pytest
 from sqlalchemy import create_engine
 
-from cloud.broker import start_broker, wait_listening, write_broker_config
+from cloud.broker import write_broker_config
+from cloud.broker_process import start_broker, wait_listening
 from cloud.fleet.store import FleetStore
 from cloud.keys import KeyHome
 from shared.protocol import topics

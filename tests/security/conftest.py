@@ -25,7 +25,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from cloud.broker import BrokerFiles, start_broker, wait_listening, write_broker_config
+from cloud.broker import BrokerFiles, write_broker_config
+from cloud.broker_process import start_broker, wait_listening
 from cloud.keys import COORDINATOR_USER, MONITOR_USER, KeyHome
 from shared.errors import ConfigError
 from tests.helpers.mosquitto import free_port

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from cloud.broker import start_broker, wait_listening, write_broker_config
+from cloud.broker import write_broker_config
+from cloud.broker_process import start_broker, wait_listening
 from cloud.deployment.commands import send_command
 from cloud.deployment.publisher import Outcome, Publisher, PublishReport, select_devices
 from cloud.keys import MONITOR_USER, KeyHome

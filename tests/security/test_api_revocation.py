@@ -13,7 +13,8 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from cloud.api import create_app
-from cloud.broker import BrokerFiles, start_broker, wait_listening, write_broker_config
+from cloud.broker import BrokerFiles, write_broker_config
+from cloud.broker_process import start_broker, wait_listening
 from cloud.config import Settings
 from cloud.fleet.records import Role
 from cloud.fleet.store import FleetStore

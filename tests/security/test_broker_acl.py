@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cloud.broker import refresh_broker
+from cloud.broker_process import refresh_broker
 from cloud.keys import COORDINATOR_USER
 from shared.crypto.tls import issue_client_cert, make_ca
 from tests.security.conftest import FleetBroker, connect

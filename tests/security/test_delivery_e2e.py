@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cloud.broker import start_broker, wait_listening, write_broker_config
+from cloud.broker import write_broker_config
+from cloud.broker_process import start_broker, wait_listening
 from cloud.deployment.publisher import Outcome, Publisher, PublishReport, select_devices
 from cloud.deployment.release import Signer, Target, build_plan
 from cloud.keys import COORDINATOR_USER, MONITOR_USER, KeyHome

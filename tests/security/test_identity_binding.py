@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import time
 
-from cloud.broker import reload_broker, write_credentials
+from cloud.broker import write_credentials
+from cloud.broker_process import reload_broker
 from cloud.keys import COORDINATOR_USER, MONITOR_USER
 from tests.security.conftest import FleetBroker, connect
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from cloud.broker import start_broker, wait_listening, write_broker_config
+from cloud.broker import write_broker_config
+from cloud.broker_process import start_broker, wait_listening
 from cloud.deployment.link import CoordinatorLink
 from cloud.keys import COORDINATOR_USER, KeyHome
 from edge.keystore import load_device_keys

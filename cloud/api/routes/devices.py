@@ -5,7 +5,7 @@ bundle there, its enrollment record — with profile and tags — in the fleet d
 row) and re-renders the broker ACL/CRL; the response is the device's bundle
 (its private keys!), so it is ``Cache-Control: no-store`` and shown once. Revocation takes
 the device out of the ACL, puts its certificate on the CRL, evicts its live session and
-reloads the broker before it answers (``cloud.broker.refresh_broker``, rule B5).
+reloads the broker before it answers (``cloud.broker_process.refresh_broker``, rule B5).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from cloud.api.schemas import (
     StatusOut,
     TelemetryOut,
 )
-from cloud.broker import refresh_broker
+from cloud.broker_process import refresh_broker
 from cloud.fleet.credentials import records_in_store
 from cloud.keys import KeyHome
 from shared.errors import ConfigError, FedgeError, InvalidTokenError
