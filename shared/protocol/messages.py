@@ -40,10 +40,13 @@ __all__ = [
     "MessageKind",
     "ResendRequest",
     "ServingInfo",
+    "ShadowReport",
     "StatusMessage",
     "TelemetryMessage",
     "UpdateInfo",
     "UpdateOutcome",
+    "VariantReport",
+    "VariantTiming",
     "new_msg_id",
 ]
 
@@ -56,6 +59,9 @@ ArtifactIdField = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
 Sha256Field = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Count = Annotated[int, Field(ge=0)]
 Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+Micros = Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)]
+CpuFeature = Annotated[str, Field(pattern=r"^[a-z0-9_]{1,32}$")]
 
 
 def new_msg_id() -> str:
@@ -151,6 +157,52 @@ class ServingInfo(BaseModel):
     slot: Literal["a", "b"]
 
 
+class VariantTiming(BaseModel):
+    """One variant of a model version timed on the device's own CPU (``docs/protocol.md`` §15).
+
+    The agent times each variant it is asked to try (a manifest with purpose ``trial``,
+    or the candidate it installs) with its profile's thread count, for a bounded budget.
+
+    Attributes:
+        model_id: The manifest's model id.
+        version: The manifest's version.
+        artifact_id: The artifact timed.
+        precision: Its precision.
+        threads: Interpreter threads used (the profile's).
+        runs: Timed invocations (after warm-up).
+        median_us: Median invoke time, microseconds.
+        p99_us: 99th percentile invoke time, microseconds.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model_id: DeviceIdField
+    version: Annotated[int, Field(ge=1, le=2**53)]
+    artifact_id: ArtifactIdField
+    precision: Precision
+    threads: Annotated[int, Field(ge=1, le=256)]
+    runs: Annotated[int, Field(ge=1)]
+    median_us: Micros
+    p99_us: Micros
+
+
+class VariantReport(BaseModel):
+    """What a device measured about the variants it tried, with the hardware it ran on.
+
+    Attributes:
+        hardware_id: The profile's hardware id (the coordinator's hardware class).
+        cpu_features: CPU feature flags relevant to kernels (e.g. ``avx2``, ``avx512_vnni``,
+            ``neon``, ``asimddp``), lowercase, sorted.
+        timings: The latest timing per artifact, newest last.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    hardware_id: Annotated[str, Field(min_length=1, max_length=128)]
+    cpu_features: tuple[CpuFeature, ...] = Field(default=(), max_length=64)
+    timings: tuple[VariantTiming, ...] = Field(default=(), max_length=16)
+
+
 class StatusMessage(_Envelope):
     """Retained device status on ``devices/{id}/status``; also the last will (``offline``).
 
@@ -173,6 +225,9 @@ class StatusMessage(_Envelope):
             below it (across model lines).
         accepts: Precisions the device's profile accepts (its rule P2).
         max_model_bytes: Largest model the device's profile accepts (its rule P1).
+        candidate: The artifact held beside the serving one for shadow evaluation
+            (manifest purpose ``shadow``), if any.
+        variants: Timings of the variants this device tried (§15), if any.
     """
 
     kind: Literal[MessageKind.STATUS] = MessageKind.STATUS
@@ -186,6 +241,8 @@ class StatusMessage(_Envelope):
     floor: VersionNumber | None = None
     accepts: tuple[Precision, ...] | None = Field(default=None, max_length=8)
     max_model_bytes: Annotated[int, Field(ge=1, le=2**40)] | None = None
+    candidate: ServingInfo | None = None
+    variants: VariantReport | None = None
 
 
 class LatencyStats(BaseModel):
@@ -198,6 +255,42 @@ class LatencyStats(BaseModel):
     p95_ms: Seconds
     p99_ms: Seconds
     max_ms: Seconds
+
+
+class ShadowReport(BaseModel):
+    """Shadow evaluation of a candidate beside the serving model, over one telemetry window.
+
+    The candidate ran on a sample of live requests off the caller's path; the caller was
+    answered by the serving model only (``docs/protocol.md`` §15). The rollout gates read
+    these numbers; ``samples`` says how much evidence they rest on.
+
+    Attributes:
+        candidate: The candidate artifact (``slot`` is the inactive slot holding it).
+        serving_version: The version serving the callers meanwhile.
+        task: ``classifier`` (``agreement`` is set) or ``regressor`` (``mean_abs_diff``).
+        samples: Requests evaluated by both models in the window.
+        agreement: Top-1 match rate with the serving model (classifiers).
+        mean_abs_diff: Mean absolute difference of the outputs (regressors).
+        candidate_latency: The candidate's invoke latency on the sampled requests.
+        serving_latency: The serving model's latency on the same requests.
+        errors: Candidate invocations that raised.
+        timeouts: Candidate invocations abandoned past the shadow deadline.
+        dropped: Sampled requests not evaluated because the shadow queue was full.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    candidate: ServingInfo
+    serving_version: Annotated[int, Field(ge=0, le=2**53)]
+    task: Literal["classifier", "regressor"]
+    samples: Count
+    agreement: Fraction | None = None
+    mean_abs_diff: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    candidate_latency: LatencyStats
+    serving_latency: LatencyStats
+    errors: Count = 0
+    timeouts: Count = 0
+    dropped: Count = 0
 
 
 class TelemetryMessage(_Envelope):
@@ -220,6 +313,7 @@ class TelemetryMessage(_Envelope):
         messages_rejected: Malformed or unexpected MQTT messages dropped since start.
         supernode_restarts: Times the device's Flower SuperNode was restarted since the
             agent started (None on a device that does not train).
+        shadow: Shadow evaluation of the candidate in this window, if one is held.
     """
 
     kind: Literal[MessageKind.TELEMETRY] = MessageKind.TELEMETRY
@@ -236,6 +330,7 @@ class TelemetryMessage(_Envelope):
     outbox_pending: Count = 0
     messages_rejected: Count = 0
     supernode_restarts: Count | None = None
+    shadow: ShadowReport | None = None
 
 
 class ManifestMessage(_Envelope):
