@@ -15,6 +15,7 @@ from pathlib import Path
 from edge.keystore import DeviceKeys, load_device_keys
 from edge.messaging import MqttLink
 from edge.updater import Activate, Updater, UpdateReport
+from edge.updater.purposes import OnShadow, OnTrial
 from shared.errors import ConfigError
 from shared.profiles import DeviceProfile
 from shared.protocol import topics
@@ -69,8 +70,13 @@ class AgentUpdates:
         on_status: Callable[[UpdateReport], None],
         now: Callable[[], float] = time.time,
         quiet_s: float = 2.0,
+        on_trial: OnTrial | None = None,
+        on_shadow: OnShadow | None = None,
     ) -> AgentUpdates:
         """Load the bundle, check it is this device's, and recover the updater from disk.
+
+        ``on_trial`` / ``on_shadow`` handle manifests of purpose ``trial`` / ``shadow``
+        (``docs/protocol.md`` §15); without ``on_trial`` the device refuses trials.
 
         Raises:
             ConfigError: the bundle is unusable or belongs to another device.
@@ -93,6 +99,8 @@ class AgentUpdates:
             now=now,
             quiet_s=quiet_s,
             groups=keys.groups,
+            on_trial=on_trial,
+            on_shadow=on_shadow,
         )
         return cls(keys, updater, adapter)
 

@@ -69,6 +69,8 @@ class DeviceProfile(BaseModel):
         storage_mb: Storage budget for models (both A/B slots) in MiB.
         max_model_bytes: Largest model file the device accepts.
         precisions: Accepted model precisions, most preferred first.
+        pin_precision: The one precision this device must be sent, overriding the
+            coordinator's measured choice (``docs/protocol.md`` §15); one of ``precisions``.
         trains: Whether the device fine-tunes locally (only then may it use torch).
         telemetry_interval_s: Seconds between telemetry messages.
         groups: Rollout groups (cohorts) the device belongs to.
@@ -89,7 +91,11 @@ class DeviceProfile(BaseModel):
     ram_mb: Annotated[StrictInt, Field(ge=16, le=1_048_576)]
     storage_mb: Annotated[StrictInt, Field(ge=1, le=16_777_216)]
     max_model_bytes: Annotated[StrictInt, Field(ge=1024)]
-    precisions: Annotated[tuple[Precision, ...], Field(min_length=1, max_length=3)]
+    # Optional median LiteRT latency budget per inference; the model plane keeps only
+    # variants measured within it for this class (cloud/quantization/device_fit.py).
+    latency_target_ms: Annotated[float, Strict(), Field(gt=0)] | None = None
+    precisions: Annotated[tuple[Precision, ...], Field(min_length=1, max_length=4)]
+    pin_precision: Precision | None = None
     trains: StrictBool = False
     # Down to 0.1 s so integration tests run quickly; real profiles use 10 s and up.
     telemetry_interval_s: Annotated[float, Strict(), Field(ge=0.1, le=86_400)]
@@ -116,6 +122,8 @@ class DeviceProfile(BaseModel):
                 f"max_model_bytes: {self.max_model_bytes} bytes exceeds half of ram_mb="
                 f"{self.ram_mb}"
             )
+        if self.pin_precision is not None and self.pin_precision not in self.precisions:
+            raise ValueError("pin_precision: must be one of the accepted precisions")
         if self.trains and Precision.FLOAT32 not in self.precisions:
             raise ValueError("trains: a device that trains must accept float32 models")
         return self

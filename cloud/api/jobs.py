@@ -46,6 +46,7 @@ def _outcomes(report: PublishReport, *, final: bool) -> list[DeviceOutcome]:
                 reason=result.reason,
                 precision=result.precision,
                 encoding=result.encoding,
+                variant=result.choice,
             )
         )
     return out

@@ -1,4 +1,8 @@
-"""``fedge cloud publish VERSION --devices ID… | --group NAME [--json] [--api URL]``.
+"""``fedge cloud publish VERSION --devices ID… | --group NAME [--purpose P] [--json] [--api URL]``.
+
+Per device it prints the outcome and the variant chosen, with why (``docs/protocol.md``
+§15): pinned by the profile, measured fastest on the hardware class (with its median), the
+static preference with nothing measured, and the variants excluded with their reasons.
 
 Register it on the cloud app with :func:`register` (``cloud/cli.py`` owns the app).
 Exit code 0 when every device committed, 1 when any failed or timed out, 2 on an error.
@@ -40,6 +44,31 @@ def publish_cmd(
         typer.Option("--broker", envvar="FEDGE_BROKER", help="Broker TLS listener host:port."),
     ] = "127.0.0.1:8883",
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait.")] = 120.0,
+    purpose: Annotated[
+        str,
+        typer.Option(
+            "--purpose",
+            envvar="FEDGE_PUBLISH_PURPOSE",
+            help="install (serve it), shadow (hold it beside the serving model) or trial "
+            "(time every eligible variant on the devices).",
+        ),
+    ] = "install",
+    trial_timeout: Annotated[
+        float,
+        typer.Option(
+            "--trial-timeout",
+            envvar="FEDGE_TRIAL_TIMEOUT",
+            help="Seconds to wait for one round of variant trials.",
+        ),
+    ] = 30.0,
+    trial_sample: Annotated[
+        int,
+        typer.Option(
+            "--trial-sample",
+            envvar="FEDGE_TRIAL_SAMPLE",
+            help="Devices per hardware class that time unmeasured variants.",
+        ),
+    ] = 3,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     api: ApiOption = None,
     token: TokenOption = None,
@@ -51,6 +80,12 @@ def publish_cmd(
     ``--broker`` is then the coordinator's business and is ignored).
     """
     if api:
+        if purpose != "install":
+            with cli_errors():
+                raise ConfigError(
+                    "--purpose with --api: the coordinator's rollouts send shadows",
+                    code="invalid_argument",
+                )
         _publish_remote(api, token, version, _split(devices), group, timeout, json_out)
         return
     from cloud.config import Settings
@@ -70,11 +105,27 @@ def publish_cmd(
         except BaseException:
             registry.close()
             raise
-        publisher = Publisher(registry, home, host=host, port=port)
+        if trial_timeout <= 0 or trial_sample < 1:
+            registry.close()
+            raise ConfigError(
+                "--trial-timeout must be > 0 and --trial-sample >= 1", code="invalid_argument"
+            )
+        publisher = Publisher(
+            registry,
+            home,
+            host=host,
+            port=port,
+            trial_sample=trial_sample,
+            trial_timeout_s=trial_timeout,
+        )
         try:
             with _progress(len(targets), enabled=not json_out) as on_progress:
                 report = publisher.publish(
-                    version, targets, timeout_s=timeout, on_progress=on_progress
+                    version,
+                    targets,
+                    timeout_s=timeout,
+                    on_progress=on_progress,
+                    purpose=purpose,
                 )
         finally:
             registry.close()
@@ -92,6 +143,9 @@ def _finish(report: PublishReport, json_out: bool, extra: dict[str, object] | No
         for result in report.devices.values():
             reason = f" ({result.reason})" if result.reason else ""
             typer.echo(f"{result.device_id}: {result.outcome}{reason} [{result.encoding}]")
+            explain = (result.choice or {}).get("explain")
+            if explain:
+                typer.echo(f"  variant {explain}")
         typer.echo(f"{report.bytes_sent} bytes sent in {report.seconds:.1f} s")
         phases = " · ".join(f"{name} {at:.2f} s" for name, at in report.phases.items())
         if phases:
@@ -136,6 +190,7 @@ def _remote_report(deployment: dict[str, Any], seconds: float, *, final: bool) -
             reason=reason,
             encoding=d.get("encoding"),
             precision=d.get("precision"),
+            choice=d.get("variant") if isinstance(d.get("variant"), dict) else None,
         )
     report = PublishReport(str(deployment.get("version_ref", "")), "", results)
     report.bytes_sent = int(deployment.get("bytes_sent") or 0)

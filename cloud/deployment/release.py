@@ -3,7 +3,8 @@
 One :class:`Plan` per (precision, delta base): the artifact encoded (a delta against the
 exact file the devices serve when that is smaller), its content key wrapped for each
 member device, and one manifest per device signed by the release key with its root
-certificate and the newest revocation list.
+certificate and the newest revocation list. The manifest's signed ``purpose`` (§15) is the
+plan's: ``install``, ``shadow`` (held beside the serving model) or ``trial`` (timed only).
 """
 
 from __future__ import annotations
@@ -11,25 +12,38 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cloud.keys import DeviceRecord
-from shared.artifacts import ArtifactBuilder, BaseArtifact, Precision, Release, sign_manifest
+from shared.artifacts import (
+    ArtifactBuilder,
+    BaseArtifact,
+    Precision,
+    Purpose,
+    Release,
+    sign_manifest,
+)
 from shared.artifacts.manifest import b64decode
 from shared.artifacts.trust import Envelope
 from shared.crypto import PublicKey, SigningKey
 from shared.protocol import topics
 from shared.protocol.codec import encode_message
-from shared.protocol.messages import ManifestMessage, ServingInfo
+from shared.protocol.messages import ManifestMessage, ServingInfo, StatusMessage
 
 __all__ = ["Plan", "Signer", "Target", "build_plan"]
 
 
 @dataclass(frozen=True)
 class Target:
-    """The exact artifact a device must end up serving: ``serves X`` is the commit."""
+    """The exact artifact a device must end up with, and for what (``purpose``).
+
+    Completion (:meth:`reached`, rule O1) depends on the purpose: ``install`` — the status
+    says the device *serves* it; ``shadow`` — its ``candidate`` is it; ``trial`` — its
+    ``variants`` hold a timing of the plan's artifact id.
+    """
 
     model_id: str
     version: int
     precision: str
     sha256: str
+    purpose: Purpose = Purpose.INSTALL
 
     def served_by(self, serving: ServingInfo | None) -> bool:
         """Whether a device whose status says ``serving`` has installed this target."""
@@ -38,6 +52,17 @@ class Target:
             serving.version,
             serving.sha256,
         ) == (self.model_id, self.version, self.sha256)
+
+    def reached(self, status: StatusMessage, artifact_id: str | None) -> bool:
+        """O1 for this target's purpose, from one attributed status."""
+        if self.purpose is Purpose.SHADOW:
+            return self.served_by(status.candidate)
+        if self.purpose is Purpose.TRIAL:
+            variants = status.variants
+            return variants is not None and any(
+                t.artifact_id == artifact_id for t in variants.timings
+            )
+        return self.served_by(status.serving)
 
 
 @dataclass(frozen=True)
@@ -90,6 +115,7 @@ def build_plan(
         rollout_id=f"publish-{target.version}",
         now=int(now),
         base=base,
+        purpose=target.purpose,
     )
     manifests: dict[str, tuple[str, bytes]] = {}
     for m in members:

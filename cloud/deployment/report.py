@@ -28,6 +28,8 @@ class DeviceResult:
     base_version: int | None = None
     precision: str | None = None
     artifact_id: str | None = None
+    #: The variant choice and why (``Choice.to_dict``: basis, medians, excluded, explain).
+    choice: dict[str, object] | None = None
 
 
 @dataclass
@@ -46,6 +48,11 @@ class PublishReport:
     # discovered, built, manifests_sent, chunks_sent; tells an operator where time went.
     phases: dict[str, float] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic, repr=False)
+    #: What the publish asked of devices (§15): ``install``, ``shadow`` or ``trial``; a
+    #: ``committed`` outcome means the purpose is reached (serving / held / timed).
+    purpose: str = "install"
+    #: Device → what its trials did (timed / failed / refused / timed_out precisions).
+    trials: dict[str, dict[str, object]] = field(default_factory=dict)
 
     def mark(self, phase: str) -> None:
         """Record the first time ``phase`` was reached."""
@@ -55,10 +62,12 @@ class PublishReport:
         """JSON-ready form (no key material)."""
         return {
             "version": self.version,
+            "purpose": self.purpose,
             "artifact_sha256": self.artifact_sha256,
             "bytes_sent": self.bytes_sent,
             "seconds": round(self.seconds, 3),
             "phases": dict(self.phases),
             "dropped_messages": dict(self.dropped),
             "devices": {d: vars(r) | {"outcome": str(r.outcome)} for d, r in self.devices.items()},
+            "trials": dict(self.trials),
         }

@@ -12,7 +12,10 @@ Outcomes (§9, rules O1-O3), from statuses attributed by their topic
 (:mod:`cloud.deployment.evidence`):
 
 * O1 committed — the status says the device serves the target artifact (model id, version,
-  sha256), live or retained: that is the commit, nothing else is;
+  sha256), live or retained: that is the commit, nothing else is. For a plan of another
+  purpose (§15) the step is complete when the status names the target as its shadow
+  ``candidate`` (``shadow``) or carries a timing of the plan's artifact id in ``variants``
+  (``trial``) — :meth:`~cloud.deployment.release.Target.reached`;
 * O2 failed — a *live* status whose ``update`` is a failure for this plan's artifact id (or,
   for a manifest refused before it verified, version 0 or the target version with no
   artifact id). A retained ``update`` may predate this publish and decides nothing;
@@ -69,6 +72,7 @@ class PublishSession:
         full_plan: Builds the full-artifact plan for one device (O3).
         on_progress: Called with the report whenever an outcome changes.
         clock: Monotonic seconds.
+        observe: Called with every attributed status (e.g. to record its ``variants``).
     """
 
     def __init__(
@@ -81,8 +85,10 @@ class PublishSession:
         full_plan: Callable[[str], Plan],
         on_progress: Callable[[PublishReport], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        observe: Callable[[DeviceStatus], None] | None = None,
     ) -> None:
         self.transport, self.report, self.attribution = transport, report, attribution
+        self._observe = observe
         self._full_plan = full_plan
         self.on_progress = on_progress
         self._clock = clock
@@ -165,6 +171,8 @@ class PublishSession:
             return
         status = self.attribution.status(msg)
         if status is not None:
+            if self._observe is not None:
+                self._observe(status)
             self.on_status(status)
 
     def wait(self, timeout_s: float) -> None:
@@ -199,7 +207,7 @@ class PublishSession:
     def _apply(self, status: DeviceStatus, plan: Plan) -> None:
         result = self.report.devices[status.device_id]
         message = status.status
-        if plan.target.served_by(message.serving):  # O1
+        if plan.target.reached(message, plan.artifact_id):  # O1
             result.outcome, result.reason = Outcome.COMMITTED, None
             return
         update = message.update

@@ -176,6 +176,7 @@ def _outcome(row: DeploymentDeviceRow) -> DeviceOutcome:
         reason=row.reason,
         precision=row.precision,
         encoding=row.encoding,
+        variant=row.variant,
     )
 
 

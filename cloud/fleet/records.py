@@ -157,6 +157,7 @@ class DeviceOutcome:
     reason: str | None = None
     precision: str | None = None
     encoding: str | None = None
+    variant: dict[str, Any] | None = None  # the variant chosen and why (§15)
 
 
 @dataclass(frozen=True)

@@ -103,6 +103,7 @@ class DeploymentsMixin(StoreBase):
                         reason=None if o.reason is None else o.reason[:2000],
                         precision=o.precision,
                         encoding=o.encoding,
+                        variant=o.variant,
                     )
                 )
             session.flush()

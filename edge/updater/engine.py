@@ -20,6 +20,10 @@ Order of the defences (each cites its rule in ``docs/protocol.md``):
 4. probation: the caller's callback loads the slot and runs a smoke inference;
 5. commit: ``state.json`` replaced atomically (rule S2); the floor rises only here.
 
+The manifest's signed ``purpose`` (§15) changes only what happens after step 3: a
+``trial`` is timed and deleted, a ``shadow`` is held in the inactive slot, neither moves
+the floor (:mod:`edge.updater.purposes`, rules U1-U3).
+
 Install/revert/rollback live in :mod:`edge.updater.install`, signed commands (K1-K6) in
 :mod:`edge.updater.commands`; both are mixed into :class:`Updater`.
 """
@@ -36,9 +40,10 @@ from typing import Protocol
 
 from edge.updater.commands import CommandSteps
 from edge.updater.downloads import DownloadStore
-from edge.updater.fsutil import remove_temporaries
+from edge.updater.fsutil import remove_temporaries, remove_tree
 from edge.updater.install import Activate, Download
 from edge.updater.install import reason_code as _code
+from edge.updater.purposes import OnShadow, OnTrial, PurposeSteps, TimingStore
 from edge.updater.slots import SlotStore
 from edge.updater.state import (
     MAX_EXPIRED_DOWNLOADS,
@@ -51,6 +56,7 @@ from shared.artifacts import (
     ArtifactAssembler,
     ChunkOutcome,
     Manifest,
+    Purpose,
     TrustStore,
     manifest_from_bytes,
     unwrap_content_key,
@@ -127,7 +133,7 @@ class UpdateReport:
         )
 
 
-class Updater(CommandSteps):
+class Updater(CommandSteps, PurposeSteps):
     """A/B model updater of one device.
 
     Args:
@@ -146,6 +152,11 @@ class Updater(CommandSteps):
         quiet_s: Seconds without a new chunk before asking for the missing ones.
         download_timeout_s: Local limit on one download, from its start (persisted, so a
             restart does not reset it); the manifest's ``expires`` applies too (rule D2).
+        on_trial: Times a verified ``trial`` artifact on this CPU (see
+            :data:`~edge.updater.purposes.OnTrial`); None refuses trials with
+            ``trial_not_supported``.
+        on_shadow: Receives a held shadow candidate (``(path, manifest)``, also after a
+            restart, from :meth:`recover`) and ``(None, None)`` when it is dropped.
 
     Raises:
         ConfigError: ``download_timeout_s`` is not a positive number; or (from
@@ -169,6 +180,8 @@ class Updater(CommandSteps):
         quiet_s: float = 2.0,
         groups: frozenset[str] = frozenset(),
         download_timeout_s: float = DEFAULT_DOWNLOAD_TIMEOUT_S,
+        on_trial: OnTrial | None = None,
+        on_shadow: OnShadow | None = None,
     ) -> None:
         if not download_timeout_s > 0:  # also refuses NaN
             raise ConfigError("download_timeout_s must be positive")
@@ -192,6 +205,11 @@ class Updater(CommandSteps):
         self._trust = trust
         self._download: Download | None = None
         self._judged: Manifest | None = None  # the manifest being judged, once verified
+        self._on_trial = on_trial
+        self._on_shadow = on_shadow
+        self._trial_dir = state_dir / "trial"
+        self._timing_store = TimingStore(state_dir / "variants.json")
+        self._timings = self._timing_store.load()
         self.recover()
 
     # --- start-up -------------------------------------------------------------------
@@ -202,7 +220,9 @@ class Updater(CommandSteps):
         Drops half-written temporaries and uncommitted slot files, then resumes a
         partial download whose manifest still verifies under the newest revocation list
         held (T6) and whose deadline has not passed (D2: otherwise it is dropped and
-        reported as ``download_expired``, once).
+        reported as ``download_expired``, once). A trial file left by a crash is deleted
+        (U1); a shadow candidate that survived the slot check (I2) is handed to
+        ``on_shadow`` again (U2).
         """
         loaded = self._store.load()
         state = self._slots.recover(loaded)
@@ -211,6 +231,7 @@ class Updater(CommandSteps):
         self._state = state
         self._trust = self._pinned.absorb_revocations(state.revocations)  # T5: monotonic
         self._download = None
+        remove_tree(self._trial_dir)  # U1: a trial never outlives its timing
         remove_temporaries(self._downloads.root)
         for artifact_id, envelope in self._downloads.pending():
             try:
@@ -223,6 +244,7 @@ class Updater(CommandSteps):
                 self._downloads.discard(artifact_id)
         if self._download is not None:
             self._download.last_progress = float("-inf")  # ask for the rest on next tick
+        self._rearm_candidate()
 
     def _expired_while_stored(self, artifact_id: str, envelope: Envelope) -> None:
         """D2 at start-up: the stored manifest expired (V4) while the device was down.
@@ -446,7 +468,11 @@ class Updater(CommandSteps):
             raise ModelLoadError(
                 f"precision {m.precision} not accepted", code="precision_not_accepted"
             )
+        if m.purpose is Purpose.TRIAL:
+            self._check_trial_supported()  # U1
         key = unwrap_content_key(m, self.device_id, self._box)  # V7 (wrong_recipient)
+        if self._already_handled(m, current):  # U1-U3: nothing to download
+            return
         if current is not None:
             self._abandon(current)
         self._downloads.discard_all(keep=m.artifact_id)

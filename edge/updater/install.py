@@ -22,7 +22,7 @@ from pathlib import Path
 
 from edge.updater.slots import SlotStore
 from edge.updater.state import Slot, SlotRecord, StateStore, UpdaterState
-from shared.artifacts import ArtifactAssembler, AssemblyState, Manifest, TrustStore
+from shared.artifacts import ArtifactAssembler, AssemblyState, Manifest, Purpose, TrustStore
 from shared.artifacts.trust import Envelope
 from shared.crypto import ContentKey
 from shared.errors import FedgeError, HashMismatchError
@@ -90,6 +90,17 @@ class InstallSteps:
     def _abandon(self, dl: Download) -> None:  # pragma: no cover - host provides
         raise NotImplementedError
 
+    def _trial(self, dl: Download, artifact: bytes) -> None:  # pragma: no cover - mixin
+        raise NotImplementedError
+
+    def _hold(self, dl: Download, target: Slot, artifact: bytes) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def _announce_candidate(  # pragma: no cover - mixin provides
+        self, path: Path | None, m: Manifest | None
+    ) -> None:
+        raise NotImplementedError
+
     def _report(  # pragma: no cover - host provides
         self,
         version: int,
@@ -115,14 +126,37 @@ class InstallSteps:
                 m.version, UpdateOutcome.FAILED, reason_code(exc), artifact_id=m.artifact_id
             )
             return
+        if m.purpose is Purpose.TRIAL:  # U1: never a slot
+            self._trial(dl, artifact)
+            return
         target = state.active.other if state.active is not None else Slot.A  # I1
-        # The inactive slot's old record is void from here on: its file is being replaced.
+        if m.purpose is Purpose.SHADOW:  # U2: held, never activated
+            self._hold(dl, target, artifact)
+            return
+        self._commit_install(m, target, artifact, dl=dl)
+
+    def _commit_install(
+        self, m: Manifest, target: Slot, artifact: bytes, *, dl: Download | None
+    ) -> None:
+        """Write ``target`` (unless it already holds ``artifact``), probation, commit (S2).
+
+        ``dl`` is None for an install from the held shadow candidate (U3).
+        """
+        state = self._state
+        # The inactive slot's old record is void from here on: its file is being replaced,
+        # and with it a shadow candidate held there (U2).
         slots = {k: v for k, v in state.slots.items() if k is not target}
+        dropped = state.candidate is not None and state.candidate.slot is target
+        void = state.model_copy(
+            update={"slots": slots, "candidate": None if dropped else state.candidate}
+        )
         try:
-            path = self._slots.write(target, artifact)
+            path = self._slots.path(target)
+            if dl is not None:
+                path = self._slots.write(target, artifact)
             self._activate(path, str(m.version))  # probation: load + smoke inference
         except Exception as exc:  # any probation failure rejects the model
-            self._revert(dl, target, state.model_copy(update={"slots": slots}), exc)
+            self._revert(m, dl, target, void, exc, dropped=dropped)
             return
         record = SlotRecord(
             version=m.version,
@@ -132,7 +166,7 @@ class InstallSteps:
             artifact_id=m.artifact_id,
             precision=m.precision,
         )
-        committed = state.model_copy(  # revocations stay as adopted (T6), never older
+        committed = void.model_copy(  # revocations stay as adopted (T6), never older
             update={
                 "active": target,
                 "slots": {**slots, target: record},
@@ -142,17 +176,29 @@ class InstallSteps:
         try:
             self._store.save(committed)  # S2: the commit point
         except OSError as exc:
-            self._revert(dl, target, state.model_copy(update={"slots": slots}), exc)
+            self._revert(m, dl, target, void, exc, dropped=dropped)
             return
         self._state = committed
-        self._abandon(dl)
+        if dl is not None:
+            self._abandon(dl)
         logger.info("committed v%d in slot %s", m.version, target)
+        if dropped:  # the candidate is gone (replaced, or now serving)
+            self._announce_candidate(None, None)
         self._report(m.version, UpdateOutcome.COMMITTED, artifact_id=m.artifact_id)
 
-    def _revert(self, dl: Download, target: Slot, state: UpdaterState, exc: Exception) -> None:
+    def _revert(
+        self,
+        m: Manifest,
+        dl: Download | None,
+        target: Slot,
+        state: UpdaterState,
+        exc: Exception,
+        *,
+        dropped: bool = False,
+    ) -> None:
         """Probation or commit failed: erase the candidate and serve the committed slot."""
         code = reason_code(exc)
-        logger.warning("v%d failed probation/commit (%s); reverting", dl.manifest.version, code)
+        logger.warning("v%d failed probation/commit (%s); reverting", m.version, code)
         try:
             self._slots.erase(target)
             if state != self._state:
@@ -161,10 +207,11 @@ class InstallSteps:
         except OSError as err:
             logger.error("cleanup after a failed install: %s", err.strerror)
         self._reactivate_committed()
-        self._abandon(dl)
-        self._report(
-            dl.manifest.version, UpdateOutcome.FAILED, code, artifact_id=dl.manifest.artifact_id
-        )
+        if dl is not None:
+            self._abandon(dl)
+        if dropped:
+            self._announce_candidate(None, None)
+        self._report(m.version, UpdateOutcome.FAILED, code, artifact_id=m.artifact_id)
 
     def _reactivate_committed(self) -> None:
         active = self.active_model()

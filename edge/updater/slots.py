@@ -56,6 +56,7 @@ class SlotStore:
         """
         remove_temporaries(self.root)
         slots = dict(state.slots)
+        candidate = state.candidate
         for slot in Slot:
             record = slots.get(slot)
             path = self.path(slot)
@@ -67,10 +68,19 @@ class SlotStore:
                 logger.error("slot %s does not hold its committed artifact; dropping it", slot)
                 del slots[slot]
                 record = None
+            # A held shadow candidate (§15) survives a restart only if its slot is not
+            # (also) a committed slot and its file is still exactly the candidate.
+            held = candidate is not None and candidate.slot is slot
+            if held and candidate is not None:
+                if record is not None or data is None or not candidate.record.matches(data):
+                    logger.warning("dropping the shadow candidate in slot %s", slot)
+                    candidate = None
+                else:
+                    continue
             if record is None and data is not None:
                 logger.info("removing uncommitted candidate in slot %s", slot)
                 self.erase(slot)
         active = state.active
         if active is not None and active not in slots:
             active = active.other if active.other in slots else None
-        return state.model_copy(update={"slots": slots, "active": active})
+        return state.model_copy(update={"slots": slots, "active": active, "candidate": candidate})

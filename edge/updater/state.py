@@ -25,7 +25,14 @@ from shared.artifacts.trust import Envelope
 from shared.errors import ConfigError
 from shared.precision import Precision
 
-__all__ = ["MAX_EXPIRED_DOWNLOADS", "Slot", "SlotRecord", "StateStore", "UpdaterState"]
+__all__ = [
+    "MAX_EXPIRED_DOWNLOADS",
+    "Candidate",
+    "Slot",
+    "SlotRecord",
+    "StateStore",
+    "UpdaterState",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +76,27 @@ class SlotRecord(BaseModel):
         return len(data) == self.length and hashlib.sha256(data).hexdigest() == self.sha256
 
 
+class Candidate(BaseModel):
+    """A shadow candidate held in the inactive slot (manifest purpose ``shadow``, §15).
+
+    Never active and never committed: it does not move the floor and is not a rollback
+    target. Kept in ``state.json`` so that after a restart the slot file is checked against
+    it (rule I2) and the candidate re-announced, instead of being erased as uncommitted.
+
+    Attributes:
+        slot: The (inactive) slot holding it.
+        record: What the slot file must be (``artifact_id`` and ``precision`` always set).
+        manifest: The verified manifest's canonical JSON, to hand to the shadow evaluator
+            again after a restart and to install from without downloading again.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    slot: Slot
+    record: SlotRecord
+    manifest: Annotated[str, Field(max_length=256 * 1024)]
+
+
 class UpdaterState(BaseModel):
     """Committed state.
 
@@ -85,6 +113,8 @@ class UpdaterState(BaseModel):
         expired_downloads: Artifact ids of downloads dropped at their deadline (rule D2),
             newest last, at most :data:`MAX_EXPIRED_DOWNLOADS`: their manifest (e.g. the
             retained one, redelivered at every reconnect) is refused, not restarted.
+        candidate: The shadow candidate held in the inactive slot, if any (§15); its slot
+            has no committed record while it is held.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -95,6 +125,7 @@ class UpdaterState(BaseModel):
     revocations: Envelope | None = None
     command_seq: int = Field(default=0, ge=0)
     expired_downloads: tuple[ArtifactId, ...] = Field(default=(), max_length=MAX_EXPIRED_DOWNLOADS)
+    candidate: Candidate | None = None
 
     @property
     def active_record(self) -> SlotRecord | None:

@@ -25,6 +25,7 @@ from shared.artifacts.manifest import (
     Encoding,
     Manifest,
     Precision,
+    Purpose,
     manifest_from_bytes,
     manifest_to_bytes,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "KeyCertificate",
     "Manifest",
     "Precision",
+    "Purpose",
     "Release",
     "RevocationList",
     "Role",

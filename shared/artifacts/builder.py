@@ -29,6 +29,7 @@ from shared.artifacts.manifest import (
     Encoding,
     Manifest,
     Precision,
+    Purpose,
     b64encode,
     content_key_ad,
 )
@@ -94,8 +95,13 @@ class ArtifactBuilder:
         now: int,
         ttl_seconds: int = 7 * 24 * 3600,
         base: BaseArtifact | None = None,
+        purpose: Purpose = Purpose.INSTALL,
     ) -> Release:
-        """Build a release of ``artifact`` for ``recipients`` (device id → X25519 key)."""
+        """Build a release of ``artifact`` for ``recipients`` (device id → X25519 key).
+
+        ``purpose`` (signed with the manifest) says whether devices install it, hold it as a
+        shadow candidate or only time it (``docs/protocol.md`` §15).
+        """
         encoding, encoded = self.encode(artifact, base)
         artifact_id = os.urandom(16).hex()
         content_key = ContentKey.generate()
@@ -138,6 +144,7 @@ class ArtifactBuilder:
             chunk_sha256=tuple(hashlib.sha256(c.body).hexdigest() for c in chunks),
             delta_base=delta_base,
             content_keys=wrapped,
+            purpose=purpose,
         )
         return Release(manifest, chunks)
 

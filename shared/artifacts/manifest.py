@@ -38,6 +38,7 @@ __all__ = [
     "Identifier",
     "Manifest",
     "Precision",
+    "Purpose",
     "b64decode",
     "b64encode",
     "content_key_ad",
@@ -93,6 +94,18 @@ class Encoding(StrEnum):
         return self in (Encoding.ZSTD_DELTA, Encoding.ZSTD_BYTEDIFF)
 
 
+class Purpose(StrEnum):
+    """What a device does with a verified artifact (``docs/protocol.md`` §15).
+
+    Signed with the rest of the manifest, so nobody between the release key and the
+    device can turn a trial into an install (or back).
+    """
+
+    INSTALL = "install"  # write the inactive slot, activate, probe, commit; moves the floor
+    SHADOW = "shadow"  # write the inactive slot and hold it as a candidate; never activated
+    TRIAL = "trial"  # time it on the device's CPU, report the timing, delete it; no slot
+
+
 class DeltaBase(BaseModel):
     """The installed artifact a delta applies to (the device must hold exactly this)."""
 
@@ -113,6 +126,8 @@ class Manifest(BaseModel):
         chunk_sha256: sha256 of each sealed chunk body (``nonce || ciphertext || tag``),
             so tampering is caught before decryption and even by a device holding the key.
         content_keys: device id → base64 sealed content key (see :func:`content_key_ad`).
+        purpose: What the device does with it (:class:`Purpose`); ``install`` by default.
+            Only an install moves the anti-rollback floor.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -138,6 +153,7 @@ class Manifest(BaseModel):
     )
     delta_base: DeltaBase | None = None
     content_keys: dict[Identifier, str] = Field(min_length=1)
+    purpose: Annotated[Purpose, json_enum(Purpose)] = Purpose.INSTALL
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:

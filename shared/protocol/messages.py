@@ -109,6 +109,8 @@ class UpdateOutcome(StrEnum):
     FAILED = "failed"  # refused or reverted: the previous model still serves
     ROLLED_BACK = "rolled_back"  # a signed ``rollback`` command re-activated the other slot
     COMMAND_FAILED = "command_failed"  # a command refused or not carried out; nothing changed
+    HELD = "held"  # a ``shadow`` manifest: verified and held in the inactive slot (§15)
+    TRIALED = "trialed"  # a ``trial`` manifest: verified, timed, deleted (§15)
 
 
 class UpdateInfo(BaseModel):
@@ -228,6 +230,7 @@ class StatusMessage(_Envelope):
         candidate: The artifact held beside the serving one for shadow evaluation
             (manifest purpose ``shadow``), if any.
         variants: Timings of the variants this device tried (§15), if any.
+        pin_precision: The precision the device's profile pins (§15), if any.
     """
 
     kind: Literal[MessageKind.STATUS] = MessageKind.STATUS
@@ -243,6 +246,7 @@ class StatusMessage(_Envelope):
     max_model_bytes: Annotated[int, Field(ge=1, le=2**40)] | None = None
     candidate: ServingInfo | None = None
     variants: VariantReport | None = None
+    pin_precision: Precision | None = None
 
 
 class LatencyStats(BaseModel):

@@ -37,7 +37,7 @@ from shared.artifacts.canonical import (
     parse_canonical,
     parse_signed_model,
 )
-from shared.artifacts.manifest import b64encode, manifest_from_bytes
+from shared.artifacts.manifest import Purpose, b64encode, manifest_from_bytes
 from shared.artifacts.trust import (
     CERTIFICATE_TYPE,
     COMMAND_TYPE,
@@ -325,6 +325,10 @@ def test_strict_schema_keeps_enum_tuple_and_literal_fields_working(fleet: Fleet)
     parsed = manifest_from_bytes(manifest_to_bytes(m))
     assert parsed == m and isinstance(parsed.hardware_ids, tuple)
     raw = json.loads(manifest_to_bytes(m))
+    assert raw["purpose"] == "install"  # always in the signed bytes, so both sides agree
+    for purpose in Purpose:
+        again = manifest_from_bytes(canonical_json(raw | {"purpose": purpose.value}))
+        assert again.purpose is purpose
     for change in (
         {"encoding": "ZSTD"},  # enum values are case-sensitive
         {"encoding": 1},
@@ -336,6 +340,9 @@ def test_strict_schema_keeps_enum_tuple_and_literal_fields_working(fleet: Fleet)
         {"version": True},
         {"delta_base": "x"},
         {"content_keys": [["dev-a", "x"]]},
+        {"purpose": "INSTALL"},  # the signed purpose is a closed, case-sensitive set
+        {"purpose": "deploy"},
+        {"purpose": None},
     ):
         with pytest.raises(ProtocolError) as info:
             manifest_from_bytes(canonical_json(raw | change))

@@ -242,6 +242,11 @@ def test_deployment_job_reaches_succeeded_through_the_broker(api: Api) -> None:
         "dev-b": "committed",
     }
     assert all(d["precision"] == "int8" for d in got["devices"])
+    # The report says which variant and why (§15): one approved variant, nothing measured.
+    assert all(
+        (d["variant"]["precision"], d["variant"]["basis"]) == ("int8", "static")
+        for d in got["devices"]
+    )
     assert got["finished_at"] is not None and got["bytes_sent"] > 0
     assert all(d.manifests for d in devices)
     listed = api.client.get("/v1/deployments", headers=api.auth("viewer")).json()
