@@ -17,6 +17,14 @@ manifests, artifact chunks and signed commands (``devices/{id}/cmd``, ``groups/{
 to the updater undecoded (:attr:`EventKind.RAW`), serves the committed slot at start-up,
 and reports every update or command outcome on its retained status.
 
+Inference: the updater-managed model is the default of a :class:`~edge.inference.ModelSet`
+(named by its ``model_id`` once installed), beside any extra models loaded from files
+(``AgentConfig.extra_models``: a camera's detector and classifier); HTTP and the Unix
+socket serve them all by name. When the updater holds a shadow candidate it calls
+:meth:`Agent.shadow_candidate`, and each telemetry window then carries the
+:class:`~shared.protocol.messages.ShadowReport`; for variant choice it calls
+:meth:`Agent.trial_variant`, which times the file on this CPU.
+
 On a device whose profile trains, ``AgentConfig.supernode`` makes the agent start and
 supervise the device's Flower SuperNode (:class:`~edge.learning.supernode.SuperNodeSupervisor`)
 for as long as it runs, independently of MQTT, and end its process tree on a clean stop.
@@ -38,13 +46,15 @@ import psutil
 from pydantic import BaseModel
 
 from edge.agent_updates import AgentUpdates
-from edge.inference import InferenceServer, Predictor, SocketServer
+from edge.inference import InferenceServer, Predictor, ShadowConfig, SocketServer
+from edge.inference.local import LocalInference
 from edge.keystore import DeviceKeys, load_device_keys
 from edge.messaging import EventKind, LinkEvent, MqttLink, parse_broker_url
 from edge.outbox import Outbox
 from edge.status import build_status
 from edge.updater import Updater, UpdateReport
 from edge.updater.routing import dispatch
+from shared.artifacts import Manifest
 from shared.errors import FedgeError
 from shared.profiles import DeviceProfile
 from shared.protocol import topics
@@ -58,6 +68,7 @@ from shared.protocol.messages import (
     TelemetryMessage,
     UpdateInfo,
     UpdateOutcome,
+    VariantTiming,
 )
 
 if TYPE_CHECKING:  # imported lazily at run time: agents that do not train skip it
@@ -100,6 +111,9 @@ class AgentConfig:
     bundle_dir: Path | None = None  # device enrollment bundle: enables signed model updates
     update_quiet_s: float = 2.0  # seconds without a chunk before asking for missing ones
     supernode: SuperNodeConfig | None = None  # Flower SuperNode to supervise (trains only)
+    extra_models: tuple[tuple[str, Path], ...] = ()  # (name, .tflite) served beside the default
+    shadow: ShadowConfig = dataclasses.field(default_factory=ShadowConfig)
+    trial_budget_s: float = 2.0  # wall time to time one variant (§15)
 
     def with_bundle(self, bundle_dir: Path) -> AgentConfig:
         """This config with signed model updates from the device's enrollment bundle.
@@ -157,6 +171,14 @@ class Agent:
         self.config = config
         self._on_update_hook = on_update
         self.predictor = predictor or Predictor.from_profile(config.profile)
+        self.inference = LocalInference(
+            self.predictor,
+            config.profile,
+            extra_models=config.extra_models,
+            shadow=config.shadow,
+            trial_budget_s=config.trial_budget_s,
+        )
+        self.models = self.inference.models
         self._now = wall_clock
         self._events: queue.Queue[LinkEvent | _Send | None] = queue.Queue()
         self._stop = threading.Event()
@@ -170,8 +192,6 @@ class Agent:
         self.outbox = Outbox(
             config.state_dir / "outbox.sqlite3", max_messages=config.outbox_max_messages
         )
-        self.server: InferenceServer | None = None
-        self.socket_server: SocketServer | None = None
         self.supernode: SuperNodeSupervisor | None = None
         will = StatusMessage(
             device_id=config.device_id,
@@ -210,6 +230,8 @@ class Agent:
             on_status=self._on_update,
             now=self._now,
             quiet_s=self.config.update_quiet_s,
+            on_trial=self.inference.trial_variant,
+            on_shadow=self.inference.shadow_candidate,
         )
         self.keys, self.updater = self.updates.keys, self.updates.updater
 
@@ -217,10 +239,38 @@ class Agent:
         """Probation: load + smoke-test; the previous model keeps serving on failure."""
         self.predictor.load(path, version)
 
+    @property
+    def server(self) -> InferenceServer | None:
+        """The loopback HTTP endpoint, while running."""
+        return self.inference.server
+
+    @property
+    def socket_server(self) -> SocketServer | None:
+        """The Unix-socket endpoint, while running."""
+        return self.inference.socket_server
+
+    def shadow_candidate(self, path: Path | None, manifest: Manifest | None) -> None:
+        """The updater's ``on_shadow``: see :meth:`LocalInference.shadow_candidate`."""
+        self.inference.shadow_candidate(path, manifest)
+
+    def trial_variant(self, path: Path, manifest: Manifest) -> VariantTiming:
+        """The updater's ``on_trial``: see :meth:`LocalInference.trial_variant`."""
+        return self.inference.trial_variant(path, manifest)
+
+    def _serving_record_model_id(self) -> str | None:
+        record = self.updater.serving()[0] if self.updater is not None else None
+        return record.model_id if record is not None else None
+
+    def _serving_version(self) -> int:
+        record = self.updater.serving()[0] if self.updater is not None else None
+        return record.version if record is not None else 0
+
     def _on_update(self, report: UpdateReport) -> None:
         """Announce an update outcome on the retained status (called on the agent loop)."""
         downloading = report.outcome in (UpdateOutcome.DOWNLOADING, UpdateOutcome.CHUNK_REJECTED)
         state = DeviceState.UPDATING if downloading else DeviceState.ONLINE
+        if report.outcome in (UpdateOutcome.COMMITTED, UpdateOutcome.ROLLED_BACK):
+            self.inference.name_default_model(self._serving_record_model_id())
         self._send_status(state, update=report.to_info())
         if self._on_update_hook is not None:
             self._on_update_hook(report)
@@ -252,29 +302,14 @@ class Agent:
             self.predictor.load(*active)
         elif cfg.model_path is not None:
             self.predictor.load(cfg.model_path, cfg.model_version)
-        if cfg.http_port is not None:
-            self.server = InferenceServer(
-                self.predictor,
-                port=cfg.http_port,
-                max_connections=cfg.http_max_connections,
-                request_timeout=cfg.http_timeout_s,
-            )
-            self.server.start()
-        if cfg.socket_path is not None:
-            self.socket_server = SocketServer(
-                self.predictor,
-                cfg.socket_path,
-                max_connections=cfg.http_max_connections,
-                request_timeout=cfg.http_timeout_s,
-            )
-            try:
-                self.socket_server.start()
-            except BaseException:
-                self.socket_server = None
-                if self.server is not None:  # do not leave the HTTP server running
-                    self.server.stop()
-                    self.server = None
-                raise
+        self.inference.name_default_model(self._serving_record_model_id())
+        self.inference.load_extra_models()
+        self.inference.start_servers(
+            http_port=cfg.http_port,
+            socket_path=cfg.socket_path,
+            max_connections=cfg.http_max_connections,
+            request_timeout=cfg.http_timeout_s,
+        )
         logger.info(
             "agent %s starting (profile %s, %d messages in outbox)",
             cfg.device_id,
@@ -433,6 +468,8 @@ class Agent:
             model_label=self._announced_version,
             update=update,
             last_error=error,
+            timings=self.updater.timings if self.updater is not None else (),
+            pin_precision=profile.pin_precision,
         )
         self._store(_Send(topics.device_status(self.config.device_id), status, True, False))
 
@@ -470,16 +507,14 @@ class Agent:
             outbox_pending=len(self.outbox),
             messages_rejected=self._rejected,
             supernode_restarts=self.supernode.restarts if self.supernode is not None else None,
+            shadow=self.inference.shadow_report(serving_version=self._serving_version()),
         )
         topic = topics.device_telemetry(self.config.device_id)
         self._store(_Send(topic, telemetry, False, True))
 
     def _shutdown(self) -> None:
         logger.info("agent %s stopping", self.config.device_id)
-        if self.server is not None:
-            self.server.stop()
-        if self.socket_server is not None:
-            self.socket_server.stop()
+        self.inference.stop()  # endpoints and any shadow evaluation
         if self.supernode is not None:
             self.supernode.stop()  # the SuperNode, its SuperExec and any ClientApp
         try:

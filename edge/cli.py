@@ -87,6 +87,43 @@ HttpTimeout = Annotated[
     ),
 ]
 
+ModelsOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--model",
+        envvar="FEDGE_MODEL",
+        help="A .tflite to serve: PATH once for the default model, NAME=PATH (repeatable) for "
+        "more models served by name (HTTP /v1/models/NAME/predict, socket model name).",
+    ),
+]
+
+
+def parse_models(values: list[str] | None) -> tuple[Path | None, tuple[tuple[str, Path], ...]]:
+    """``--model`` values → (the default model's path, ``(name, path)`` of the others).
+
+    ``NAME=PATH`` names a model when ``NAME`` is a valid model name; any other value is
+    the default model's path (write ``./a=b.tflite`` for a file whose name has ``=``).
+
+    Raises:
+        ConfigError: two default models, or a name given twice.
+    """
+    from edge.inference.frames import MODEL_NAME_RE  # deferred: keeps `--help` fast
+
+    default: Path | None = None
+    named: dict[str, Path] = {}
+    for value in values or []:
+        name, sep, path = value.partition("=")
+        if sep and MODEL_NAME_RE.fullmatch(name) and path:
+            if name in named:
+                raise ConfigError(f"--model {name}=... is given twice")
+            named[name] = Path(path)
+        elif default is not None:
+            raise ConfigError("--model PATH (the default model) is given twice; name the others")
+        else:
+            default = Path(value)
+    return default, tuple(named.items())
+
+
 SocketPathOpt = Annotated[
     Path | None,
     typer.Option(
@@ -113,9 +150,7 @@ def run(
     keyfile: Annotated[
         str | None, typer.Option(envvar="FEDGE_KEYFILE", help="Client private key.")
     ] = None,
-    model: Annotated[
-        Path | None, typer.Option(envvar="FEDGE_MODEL", help="Initial .tflite to serve.")
-    ] = None,
+    model: ModelsOpt = None,
     model_version: Annotated[
         str | None, typer.Option(envvar="FEDGE_MODEL_VERSION", help="Version label of --model.")
     ] = None,
@@ -164,13 +199,30 @@ def run(
             envvar="FEDGE_SUPERNODE_PORT", help="Loopback port of the SuperNode's runtime API."
         ),
     ] = 9094,
+    shadow_rate: Annotated[
+        float,
+        typer.Option(
+            envvar="FEDGE_SHADOW_RATE",
+            min=0.0,
+            max=1.0,
+            help="Share of requests also run on a shadow candidate (off the caller's path).",
+        ),
+    ] = 0.25,
+    shadow_max_per_s: Annotated[
+        float,
+        typer.Option(
+            envvar="FEDGE_SHADOW_MAX_PER_S", min=0.1, help="Cap on shadow samples per second."
+        ),
+    ] = 100.0,
     log_level: Annotated[str, typer.Option(envvar="FEDGE_LOG_LEVEL")] = "info",
 ) -> None:
     """Run the agent until SIGTERM or Ctrl-C."""
     from edge.agent import Agent, AgentConfig  # deferred: keeps `--help` fast
+    from edge.inference import ShadowConfig
 
     _setup_logging(log_level)
     try:
+        default_model, extra_models = parse_models(model)
         device_profile = load_profile(profile)
         supernode_config = None
         if superlink is not None:
@@ -182,8 +234,10 @@ def run(
             broker_url=broker,
             profile=device_profile,
             state_dir=state_dir,
-            model_path=model,
+            model_path=default_model,
             model_version=model_version,
+            extra_models=extra_models,
+            shadow=ShadowConfig(sample_rate=shadow_rate, max_samples_per_s=shadow_max_per_s),
             http_port=http_port,
             http_max_connections=http_max_connections,
             http_timeout_s=http_timeout,
@@ -304,7 +358,7 @@ def infer(
 
 @edge_app.command()
 def serve(
-    model: Annotated[Path, typer.Option(help=".tflite model.")],
+    model: ModelsOpt = None,
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 = any free port).")] = 8470,
     threads: Annotated[int, typer.Option(help="Interpreter threads.")] = 1,
     profile: Annotated[Path | None, typer.Option(help="Take threads/limits from it.")] = None,
@@ -314,12 +368,17 @@ def serve(
     log_level: Annotated[str, typer.Option()] = "info",
 ) -> None:
     """Serve a model on the loopback HTTP endpoint (and --socket) only, no MQTT, until Ctrl-C."""
-    from edge.inference import InferenceServer, SocketServer
+    from edge.inference import InferenceServer, ModelSet, SocketServer
 
     _setup_logging(log_level)
     sock_server = None
     try:
-        predictor = _load_predictor(model, threads, profile)
+        default_model, extra_models = parse_models(model)
+        if default_model is None:
+            raise ConfigError("--model PATH (the default model) is required")
+        predictor = ModelSet(_load_predictor(default_model, threads, profile))
+        for name, path in extra_models:
+            predictor.add(name, _load_predictor(path, threads, profile))
         server = InferenceServer(
             predictor,
             port=port,
@@ -343,7 +402,9 @@ def serve(
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    typer.echo(f"serving on {server.url} (POST /v1/infer, GET /v1/health)")
+    typer.echo(
+        f"serving on {server.url} (POST /v1/infer, POST /v1/models/NAME/predict, GET /v1/health)"
+    )
     if sock_server is not None:
         typer.echo(f"serving on unix socket {sock_server.path}")
     stop.wait()

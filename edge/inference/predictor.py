@@ -11,6 +11,10 @@ Swap protocol:
 
 A model that fails any step raises :class:`~shared.errors.ModelLoadError` and never
 becomes active: the old one keeps serving.
+
+Shadow evaluation (:mod:`edge.inference.shadow`): :meth:`Predictor.start_shadow` loads a
+candidate into its own interpreter; each successful request is then offered to it after
+the serving model answered, and the caller's answer is never the candidate's.
 """
 
 from __future__ import annotations
@@ -25,9 +29,11 @@ from typing import Any
 import numpy as np
 
 from edge.inference.model import LoadedModel, ModelInfo
+from edge.inference.shadow import CandidateRunner, ShadowConfig, ShadowEvaluator, Task
 from edge.inference.stats import InferenceStats
 from shared.errors import InferenceError, ModelLoadError, RequestError
 from shared.profiles import DeviceProfile
+from shared.protocol.messages import ServingInfo, ShadowReport
 
 __all__ = ["Predictor", "Probe"]
 
@@ -61,6 +67,7 @@ class Predictor:
         self._profile = profile
         self.stats = stats if stats is not None else InferenceStats()
         self._active: LoadedModel | None = None
+        self._shadow: ShadowEvaluator | None = None
         self._swap_lock = threading.Lock()  # one load at a time; never held by requests
 
     @classmethod
@@ -126,15 +133,7 @@ class Predictor:
         )
         return candidate.info
 
-    def load(
-        self, path: str | Path, version: str | None = None, *, probe: Probe | None = None
-    ) -> ModelInfo:
-        """Load, check and activate a ``.tflite`` file (version defaults to the file stem).
-
-        Raises:
-            ModelLoadError: unreadable file, or any reason of :meth:`load_bytes`.
-        """
-        path = Path(path)
+    def _read(self, path: Path) -> bytes:
         limit = self._profile.max_model_bytes if self._profile else None
         try:
             size = path.stat().st_size
@@ -144,10 +143,79 @@ class Predictor:
                     f"max_model_bytes={limit}",
                     code="model_too_large",
                 )
-            content = path.read_bytes()
+            return path.read_bytes()
         except OSError as exc:
             raise ModelLoadError(f"cannot read model file {path}: {exc.strerror}") from exc
-        return self.load_bytes(content, version or path.stem, probe=probe)
+
+    def load(
+        self, path: str | Path, version: str | None = None, *, probe: Probe | None = None
+    ) -> ModelInfo:
+        """Load, check and activate a ``.tflite`` file (version defaults to the file stem).
+
+        Raises:
+            ModelLoadError: unreadable file, or any reason of :meth:`load_bytes`.
+        """
+        path = Path(path)
+        return self.load_bytes(self._read(path), version or path.stem, probe=probe)
+
+    # --- shadow evaluation -------------------------------------------------------------
+
+    @property
+    def shadow(self) -> ShadowEvaluator | None:
+        """The shadow evaluation in progress, if any."""
+        return self._shadow
+
+    def start_shadow(
+        self,
+        candidate: str | Path | CandidateRunner,
+        info: ServingInfo,
+        *,
+        config: ShadowConfig | None = None,
+        task: Task | None = None,
+    ) -> ShadowEvaluator:
+        """Evaluate a candidate in shadow, replacing any evaluation in progress.
+
+        Args:
+            candidate: A ``.tflite`` file (loaded into its own interpreter with this
+                predictor's thread count; never smoke-tested here, since a candidate that
+                hangs must not hang the caller) or a ready :class:`CandidateRunner`.
+            info: What the candidate is, for the report.
+            config: Sampling and deadline (defaults of :class:`ShadowConfig`).
+            task: ``classifier`` or ``regressor``; by default from the output shape.
+
+        Raises:
+            ModelLoadError: the candidate file cannot be read or loaded; nothing changes.
+        """
+        shape: tuple[int, ...] | None = None
+        if isinstance(candidate, (str, Path)):
+            path = Path(candidate)
+            model = LoadedModel(self._read(path), str(info.version), num_threads=self._num_threads)
+            runner: CandidateRunner = model
+            shape = model.info.output_shape
+        else:
+            runner = candidate
+            active = self._active
+            shape = active.info.output_shape if active is not None else None
+        evaluator = ShadowEvaluator(runner, info, config=config, task=task, output_shape=shape)
+        evaluator.start()
+        old, self._shadow = self._shadow, evaluator
+        if old is not None:
+            old.close()
+        logger.info("shadow evaluation of %s v%d started", info.model_id, info.version)
+        return evaluator
+
+    def stop_shadow(self) -> ShadowEvaluator | None:
+        """End the shadow evaluation in progress; returns it (for a last report) or None."""
+        old, self._shadow = self._shadow, None
+        if old is not None:
+            old.close()
+            logger.info("shadow evaluation of %s v%d stopped", old.info.model_id, old.info.version)
+        return old
+
+    def shadow_report(self, *, serving_version: int, reset: bool = True) -> ShadowReport | None:
+        """The window's shadow report, or None when no candidate is being evaluated."""
+        shadow = self._shadow
+        return shadow.report(serving_version=serving_version, reset=reset) if shadow else None
 
     def predict(self, x: Any, *, dequantize: bool = True) -> np.ndarray:
         """Run one request on the active model.
@@ -178,5 +246,14 @@ class Predictor:
         except Exception as exc:  # a runtime failure must not escape as a foreign type
             self.stats.record_error()
             raise InferenceError(f"inference failed: {exc}") from exc
-        self.stats.record_ok(time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        self.stats.record_ok(elapsed)
+        shadow = self._shadow
+        if shadow is not None and dequantize:  # raw integer outputs are not compared
+            try:
+                shadow.offer(x, out, elapsed)
+            except Exception:  # the answer exists: shadow trouble must never cost it
+                logger.exception("shadow sampling failed: evaluation stopped, request answered")
+                if self._shadow is shadow:
+                    self.stop_shadow()
         return out, model.version

@@ -7,14 +7,17 @@ import io
 import json
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.inference import InferenceServer, Predictor
-from edge.inference.server import _array_from_json, _array_from_npy, _HttpError
+from edge.inference import InferenceServer, ModelSet, Predictor
+from edge.inference.http_codec import HttpError as _HttpError
+from edge.inference.http_codec import array_from_json as _array_from_json
+from edge.inference.http_codec import array_from_npy as _array_from_npy
 from shared.errors import ConfigError
 from tests.helpers.models import INPUT_SHAPE, BuiltModels
 
@@ -213,7 +216,7 @@ def test_valid_npy_variants_are_served(server: InferenceServer, npy_array: np.nd
     )
     assert status == 200
     out = np.load(io.BytesIO(body), allow_pickle=False)
-    reference = server._predictor.predict(
+    reference = server._models.default.predict(
         np.ascontiguousarray(npy_array).astype(npy_array.dtype.newbyteorder("="))
     )
     np.testing.assert_array_equal(out, reference)
@@ -244,7 +247,7 @@ def test_server_refuses_non_loopback_hosts(host: str) -> None:
 
 def test_hot_swap_under_http_load(server: InferenceServer, models: BuiltModels) -> None:
     """Three HTTP clients and the model swapped twice: zero failed requests."""
-    predictor: Predictor = server._predictor  # the server's own predictor
+    predictor: Predictor = server._models.default  # the server's own predictor
     stop = threading.Event()
     statuses: list[int] = []
     versions: set[str] = set()
@@ -327,3 +330,75 @@ def test_fuzz_json_documents_of_any_shape_raise_only_4xx(
         assert 400 <= exc.status < 500
     else:
         assert arr.dtype in (np.float32, np.int8, np.uint8) and arr.size > 0
+
+
+# --- several models by name -------------------------------------------------------------
+
+
+@pytest.fixture()
+def two_model_server(models: BuiltModels) -> Iterator[tuple[InferenceServer, ModelSet]]:
+    default, other = Predictor(), Predictor()
+    default.load(models.int8_a, "a")
+    other.load(models.float_other_shape, "mlp1")
+    model_set = ModelSet(default, default_name="cnn")
+    model_set.add("mlp", other)
+    srv = InferenceServer(model_set, port=0, max_body_bytes=LIMIT)
+    srv.start()
+    yield srv, model_set
+    srv.stop()
+
+
+def _post_json(srv: InferenceServer, path: str, doc: object) -> tuple[int, dict[str, Any]]:
+    status, _, body = _request(
+        srv, "POST", path, json.dumps(doc).encode(), {"Content-Type": "application/json"}
+    )
+    return status, json.loads(body)
+
+
+def test_named_routes_reach_their_model(
+    two_model_server: tuple[InferenceServer, ModelSet],
+) -> None:
+    srv, model_set = two_model_server
+    mlp_in = np.random.default_rng(1).random((1, 8), dtype=np.float32)
+    status, doc = _post_json(srv, "/v1/models/mlp/predict", {"inputs": mlp_in.tolist()})
+    assert status == 200 and doc["model_version"] == "mlp1" and doc["shape"] == [1, 3]
+    other = model_set.get("mlp")
+    assert other is not None
+    np.testing.assert_allclose(doc["outputs"], other.predict(mlp_in).tolist())
+    for path in ("/v1/models/cnn/predict", "/v1/models/default/predict", "/v1/infer"):
+        status, doc = _post_json(srv, path, {"inputs": _x().tolist()})
+        assert status == 200 and doc["model_version"] == "a", path
+
+
+def test_unknown_model_is_404_and_the_server_keeps_serving(
+    two_model_server: tuple[InferenceServer, ModelSet],
+) -> None:
+    srv, _ = two_model_server
+    status, doc = _post_json(srv, "/v1/models/nope/predict", {"inputs": _x().tolist()})
+    assert status == 404 and doc["error"]["code"] == "unknown_model"
+    status, doc = _post_json(srv, "/v1/models/Bad%20Name/predict", {"inputs": []})
+    assert status == 404 and doc["error"]["code"] == "not_found"
+    status, _, _ = _request(srv, "GET", "/v1/models/cnn/predict")
+    assert status == 405
+    status, doc = _post_json(srv, "/v1/infer", {"inputs": _x().tolist()})
+    assert status == 200
+
+
+def test_models_listing(two_model_server: tuple[InferenceServer, ModelSet]) -> None:
+    srv, _ = two_model_server
+    status, _, body = _request(srv, "GET", "/v1/models")
+    doc = json.loads(body)
+    assert status == 200 and doc["default"] == "cnn"
+    assert set(doc["models"]) == {"cnn", "mlp"}
+    assert doc["models"]["mlp"]["version"] == "mlp1"
+
+
+def test_model_set_refuses_bad_and_duplicate_names(models: BuiltModels) -> None:
+    model_set = ModelSet(Predictor(), default_name="cnn")
+    model_set.add("det", Predictor())
+    for name in ("det", "cnn", "default", "Bad", "", "a" * 64, "x/y"):
+        with pytest.raises(ConfigError):
+            model_set.add(name, Predictor())
+    with pytest.raises(ConfigError):
+        model_set.set_default_name("det")
+    assert [n for n, _ in model_set.items()] == ["cnn", "det"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -18,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.inference import Predictor, SocketClient, SocketClientError, SocketServer
+from edge.inference import ModelSet, Predictor, SocketClient, SocketClientError, SocketServer
 from edge.inference.socket_client import decode_error
 from edge.inference.socket_server import (
     HEADER_SIZE,
@@ -90,7 +91,8 @@ def test_parse_request_round_trips_an_encoded_frame() -> None:
         (lambda f: f[:5] + b"\x07" + f[6:], "wrong_dtype"),
         (lambda f: f[:6] + b"\x00" + f[7:], "bad_ndim"),
         (lambda f: f[:6] + b"\x09" + f[7:], "bad_ndim"),
-        (lambda f: f[:7] + b"\x01" + f[8:], "bad_flags"),
+        (lambda f: f[:7] + b"\x02" + f[8:], "bad_flags"),  # bit 0 is the model-name flag
+        (lambda f: f[:7] + b"\x80" + f[8:], "bad_flags"),
         (lambda f: f[:-1], "bad_length"),
     ],
 )
@@ -376,7 +378,7 @@ def test_no_model_is_a_server_error(short_dir: Path) -> None:
 def test_limits_are_validated(short_dir: Path) -> None:
     for kw in ({"max_body_bytes": 0}, {"max_connections": 0}, {"request_timeout": 0.0}):
         with pytest.raises(ConfigError):
-            SocketServer(Predictor(), short_dir / "x.sock", **kw)  # type: ignore[arg-type]
+            SocketServer(Predictor(), short_dir / "x.sock", **kw)
 
 
 def test_the_agent_serves_its_socket_and_removes_it_at_a_clean_stop(
@@ -416,3 +418,306 @@ def test_the_agent_serves_its_socket_and_removes_it_at_a_clean_stop(
         thread.join(20)
     assert not thread.is_alive()
     assert not path.exists()
+
+
+# --- several models by name -------------------------------------------------------------
+
+
+def test_named_frame_round_trips_and_plain_frames_are_unchanged() -> None:
+    x = _x()
+    named = encode_request(x, model="classifier")
+    req = parse_request(named[:HEADER_SIZE], named[HEADER_SIZE:])
+    assert req.model == "classifier"
+    np.testing.assert_array_equal(req.array, x)
+    assert named[7] == 1  # flags bit 0
+    plain = encode_request(x)
+    assert plain[7] == 0 and parse_request(plain[:HEADER_SIZE], plain[HEADER_SIZE:]).model is None
+    # The name only adds its length byte and bytes to the body.
+    assert len(named) == len(plain) + 1 + len("classifier")
+
+
+@pytest.mark.parametrize(
+    ("name", "code"),
+    [(b"", "bad_name"), (b"Upper", "bad_name"), (b"-lead", "bad_name"), (b"\xff\xfe", "bad_name")],
+)
+def test_bad_model_names_are_refused(name: bytes, code: str) -> None:
+    x = np.zeros((2,), np.float32)
+    body = bytes([len(name)]) + name + struct.pack(">I", 2) + x.tobytes()
+    header = b"FEI1" + bytes([1, 0, 1, 1]) + struct.pack(">I", len(body))
+    with pytest.raises(FrameError) as info:
+        parse_request(header, body)
+    assert info.value.code == code and not info.value.fatal
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    name=st.binary(max_size=70),
+    declared=st.integers(0, 255),
+    ndim=st.integers(0, 9),
+    dims=st.lists(st.integers(0, 4), max_size=9),
+    extra=st.binary(max_size=40),
+)
+def test_parse_named_frames_never_crash(
+    name: bytes, declared: int, ndim: int, dims: list[int], extra: bytes
+) -> None:
+    body = bytes([declared]) + name + b"".join(struct.pack(">I", d) for d in dims) + extra
+    header = b"FEI1" + bytes([1, 0, ndim, 1]) + struct.pack(">I", len(body))
+    try:
+        req = parse_request(header, body)
+    except FrameError as exc:
+        assert exc.code and exc.code.isascii()
+    else:
+        assert req.model is not None and req.array.ndim == ndim
+
+
+@pytest.fixture()
+def two_models(models: BuiltModels, short_dir: Path) -> Iterator[tuple[SocketServer, ModelSet]]:
+    """The default model ("cnn", int8 a) and a second one ("other", float a)."""
+    default, other = Predictor(), Predictor()
+    default.load(models.int8_a, "a")
+    other.load(models.float_a, "f1")
+    model_set = ModelSet(default, default_name="cnn")
+    model_set.add("other", other)
+    srv = _start(model_set, short_dir / "m.sock")  # type: ignore[arg-type]
+    yield srv, model_set
+    srv.stop()
+
+
+def test_requests_reach_the_model_they_name(two_models: tuple[SocketServer, ModelSet]) -> None:
+    srv, model_set = two_models
+    x = _x()
+    with SocketClient(srv.path) as client:
+        for name, version in ((None, "a"), ("cnn", "a"), ("default", "a"), ("other", "f1")):
+            out, got = client.predict(x, model=name)
+            assert got == version
+            predictor = model_set.get(name)
+            assert predictor is not None
+            np.testing.assert_array_equal(out, predictor.predict(x))
+
+
+def test_unknown_model_is_a_client_error_and_keeps_the_connection(
+    two_models: tuple[SocketServer, ModelSet],
+) -> None:
+    srv, _ = two_models
+    with SocketClient(srv.path) as client:
+        with pytest.raises(SocketClientError) as info:
+            client.predict(_x(), model="nope")
+        assert info.value.status == STATUS_CLIENT_ERROR and info.value.code == "unknown_model"
+        sock = client._sock
+        assert client.predict(_x(), model="other")[1] == "f1"
+        assert client._sock is sock  # the same connection served the next request
+
+
+def test_two_models_concurrent_clients_with_a_hot_swap_of_one(
+    models: BuiltModels, two_models: tuple[SocketServer, ModelSet]
+) -> None:
+    """Clients on both models while the default one is swapped: no failed request."""
+    srv, model_set = two_models
+    x = _x()
+    other = model_set.get("other")
+    assert other is not None
+    expected_other = other.predict(x)
+    stop = threading.Event()
+    failures: list[BaseException] = []
+    seen: dict[str, set[str]] = {"cnn": set(), "other": set()}
+    counts = {"cnn": 0, "other": 0}
+    lock = threading.Lock()
+
+    def worker(name: str) -> None:
+        try:
+            with SocketClient(srv.path, timeout=30) as client:
+                while not stop.is_set():
+                    out, version = client.predict(x, model=name)
+                    if name == "other":
+                        np.testing.assert_array_equal(out, expected_other)
+                    with lock:
+                        seen[name].add(version)
+                        counts[name] += 1
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in ("cnn", "cnn", "other", "other")]
+    for t in threads:
+        t.start()
+    default = model_set.default
+
+    def served_more(n: int) -> None:
+        """Let the clients make ``n`` more requests on each model (bounded wait)."""
+        with lock:
+            target = {k: v + n for k, v in counts.items()}
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not failures:
+            with lock:
+                if all(counts[k] >= target[k] for k in counts):
+                    return
+            time.sleep(0.005)
+
+    served_more(5)
+    for _ in range(3):  # each version is served a while, under load, on both models
+        default.load(models.int8_b, "b")
+        served_more(5)
+        default.load(models.int8_a, "a")
+        served_more(5)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not failures
+    assert seen["cnn"] == {"a", "b"} and seen["other"] == {"f1"}
+    assert counts["cnn"] > 0 and counts["other"] > 0
+
+
+def test_a_split_frame_is_reassembled(int8_server: tuple[SocketServer, Predictor]) -> None:
+    """Header and body in pieces (the slow path of the reader) still give the answer."""
+    srv, predictor = int8_server
+    x = _x()
+    frame = encode_request(x)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(str(srv.path))
+    try:
+        for piece in (frame[:5], frame[5:12], frame[12:40], frame[40:]):
+            s.sendall(piece)
+            time.sleep(0.02)
+        from edge.inference.socket_client import decode_ok, read_response
+
+        status, dtype_code, ndim, body = read_response(s)
+        assert status == STATUS_OK
+        out, version = decode_ok(dtype_code, ndim, body)
+        assert version == "a"
+        np.testing.assert_array_equal(out, predictor.predict(x))
+    finally:
+        s.close()
+
+
+def test_pipelined_frames_are_answered_in_order(
+    int8_server: tuple[SocketServer, Predictor],
+) -> None:
+    """Two requests in one write: the bytes past the first frame are kept for the second."""
+    from edge.inference.socket_client import decode_ok, read_response
+
+    srv, predictor = int8_server
+    xs = [_x(1), _x(2)]
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(str(srv.path))
+    try:
+        s.sendall(encode_request(xs[0]) + encode_request(xs[1]))
+        for x in xs:
+            status, dtype_code, ndim, body = read_response(s)
+            assert status == STATUS_OK
+            np.testing.assert_array_equal(
+                decode_ok(dtype_code, ndim, body)[0], predictor.predict(x)
+            )
+    finally:
+        s.close()
+
+
+def test_a_request_larger_than_the_read_buffer_is_read_whole(
+    int8_server: tuple[SocketServer, Predictor],
+) -> None:
+    """A 40 KB body (over the 16 KiB initial buffer, under the limit) keeps the stream in sync."""
+    srv, _ = int8_server
+    with SocketClient(srv.path) as client:
+        with pytest.raises(SocketClientError) as info:
+            client.predict(np.zeros((10_000,), np.float32))
+        assert info.value.code == "wrong_shape"  # parsed whole: the model's check refused it
+        assert client.predict(_x())[1] == "a"  # same connection, next frame
+
+
+def test_the_agent_serves_extra_models_by_name(
+    models: BuiltModels, short_dir: Path, tmp_path: Path
+) -> None:
+    """``--model det=PATH``: the agent serves it by name beside its default model."""
+    from edge.agent import Agent, AgentConfig
+    from edge.cli import parse_models
+    from shared.profiles import profile_from_toml
+
+    default, extra = parse_models([str(models.int8_a), f"mlp={models.float_other_shape}"])
+    assert default == models.int8_a and extra == (("mlp", models.float_other_shape),)
+    profile = profile_from_toml(Path("firmware_configs/smart_home_hub.toml").read_text())
+    path = short_dir / "agent.sock"
+    config = AgentConfig(
+        device_id="hub-9",
+        broker_url="mqtt://127.0.0.1:1",
+        profile=profile,
+        state_dir=tmp_path / "state",
+        model_path=default,
+        model_version="7",
+        extra_models=extra,
+        socket_path=path,
+        reconnect_max_s=1.0,
+    )
+    agent = Agent(config)
+    thread = threading.Thread(target=agent.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not path.exists():
+            assert time.monotonic() < deadline, "the socket never appeared"
+            time.sleep(0.05)
+        with SocketClient(path) as client:
+            assert client.predict(np.zeros(INPUT_SHAPE, np.float32))[1] == "7"
+            out, version = client.predict(np.zeros((1, 8), np.float32), model="mlp")
+            assert version == models.float_other_shape.stem and out.shape == (1, 3)
+            with pytest.raises(SocketClientError) as info:
+                client.predict(np.zeros((1, 8), np.float32), model="det")
+            assert info.value.code == "unknown_model"
+    finally:
+        agent.request_stop()
+        thread.join(20)
+    assert not thread.is_alive()
+
+
+def test_parse_models_refuses_two_defaults_and_repeated_names() -> None:
+    from edge.cli import parse_models
+
+    with pytest.raises(ConfigError):
+        parse_models(["a.tflite", "b.tflite"])
+    with pytest.raises(ConfigError):
+        parse_models(["x=a.tflite", "x=b.tflite"])
+    # Not a valid name before "=": the whole value is the default model's path.
+    assert parse_models(["./dir=1/m.tflite"]) == (Path("./dir=1/m.tflite"), ())
+    assert parse_models(None) == (None, ())
+
+
+def test_live_server_answers_any_bytes_with_error_frames_or_a_close(
+    models: BuiltModels, short_dir: Path
+) -> None:
+    """Hypothesis against the running server (its buffered reader, not only the parser):
+    whatever arrives, the answer is error frames and/or a close, and it keeps serving."""
+    from edge.inference.socket_client import read_response
+
+    predictor = Predictor()
+    predictor.load(models.int8_a, "a")
+    srv = _start(predictor, short_dir / "h.sock", request_timeout=2.0)
+    named = encode_request(_x(), model="cnn")
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(
+        prefix=st.sampled_from([b"", named[:12], named[:20], b"FEI1\x01\x00\x04\x01"]),
+        data=st.binary(max_size=300),
+    )
+    def check(prefix: bytes, data: bytes) -> None:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(10)
+        s.connect(str(srv.path))
+        try:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                s.sendall(prefix + data)
+                s.shutdown(socket.SHUT_WR)  # EOF: a partial frame cannot wait for more
+            while True:
+                try:
+                    status, _, _, body = read_response(s)
+                except (ConnectionError, OSError):
+                    break  # closed by the server: allowed
+                assert status in (STATUS_CLIENT_ERROR, STATUS_SERVER_ERROR)
+                assert decode_error(body)[0]
+        finally:
+            s.close()
+
+    try:
+        check()
+        with SocketClient(srv.path) as client:
+            assert client.predict(_x())[1] == "a"
+    finally:
+        srv.stop()

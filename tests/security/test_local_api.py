@@ -1,8 +1,9 @@
 """The loopback inference API under attack: malformed input, slow clients, connection floods.
 
-Every test runs the real server on a loopback port with a real int8 model and talks to it
-over raw sockets or ``http.client``. A client mistake must get a 4xx JSON error that does
-not quote the request back (never a 500 or a traceback), and the server must still answer
+Every test runs the real server (HTTP on a loopback port, or the Unix-socket endpoint) with
+a real int8 model and talks to it over raw sockets or ``http.client``. A client mistake
+must get a 4xx JSON error (an error frame on the socket) that does not quote the request
+back (never a 500 or a traceback), and the server must still answer
 a correct request afterwards. Timeouts are kept small and only their effect (a closed
 connection) is asserted, never how long it took.
 """
@@ -19,8 +20,10 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from edge.inference import InferenceServer, Predictor
+from edge.inference import InferenceServer, Predictor, SocketClient, SocketServer
+from edge.inference.frames import encode_request
 from edge.inference.server import DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT
+from edge.inference.socket_client import decode_error
 from tests.helpers.models import INPUT_SHAPE, BuiltModels
 
 LIMIT = 64 * 1024
@@ -555,3 +558,102 @@ def test_refused_connections_do_not_leak_slots(models: BuiltModels) -> None:
         _fill(srv, cap)  # every slot came back, refused connections never took one
     finally:
         srv.stop()
+
+
+# --- the Unix-socket endpoint: the same bounds, enforced by kernel timeouts -------------------
+
+
+@contextlib.contextmanager
+def _socket_server(models: BuiltModels, request_timeout: float) -> Iterator[SocketServer]:
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    d = Path(tempfile.mkdtemp(prefix="fla", dir="/tmp"))
+    predictor = Predictor()
+    predictor.load(models.int8_a, "a")
+    srv = SocketServer(
+        predictor, d / "s.sock", max_body_bytes=LIMIT, request_timeout=request_timeout
+    )
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _unix(srv: SocketServer) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(str(srv.path))
+    return s
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    data = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(4096):  # the client's 10 s timeout bounds this
+            data += chunk
+    return data
+
+
+def _error_code(frame: bytes) -> str:
+    assert frame[:4] == b"FEO1" and frame[4] != 0
+    return decode_error(frame[12:])[0]
+
+
+def test_socket_idle_connection_gets_timeout_and_is_closed(models: BuiltModels) -> None:
+    with _socket_server(models, 0.3) as srv:
+        with _unix(srv) as sock:
+            assert _error_code(_read_all(sock)) == "timeout"  # then EOF: closed
+        with SocketClient(srv.path) as client:
+            assert client.predict(np.zeros(INPUT_SHAPE, np.float32))[1] == "a"
+
+
+def test_socket_slow_loris_is_dropped_by_the_request_deadline(models: BuiltModels) -> None:
+    """Bytes trickled well inside the timeout each: the whole-request deadline still hits."""
+    frame = encode_request(np.zeros(INPUT_SHAPE, np.float32))
+    with _socket_server(models, 0.5) as srv:
+        closed = False
+        with _unix(srv) as sock:
+            for byte in frame:  # 3 KB at 10 ms a byte is far past any deadline
+                try:
+                    sock.send(bytes([byte]))
+                except (BrokenPipeError, ConnectionResetError):
+                    closed = True
+                    break
+                readable, _, _ = select.select([sock], [], [], 0.01)
+                if readable:
+                    assert _error_code(_read_all(sock)) == "timeout"
+                    closed = True
+                    break
+        assert closed, "the server kept a trickling connection open"
+        with SocketClient(srv.path) as client:
+            assert client.predict(np.zeros(INPUT_SHAPE, np.float32))[1] == "a"
+
+
+def test_socket_stalled_body_gets_timeout(models: BuiltModels) -> None:
+    frame = encode_request(np.zeros(INPUT_SHAPE, np.float32))
+    with _socket_server(models, 0.5) as srv, _unix(srv) as sock:
+        sock.sendall(frame[:100])  # header and part of the body, then nothing
+        assert _error_code(_read_all(sock)) == "timeout"
+
+
+def test_socket_oversized_body_is_refused_before_it_is_read(models: BuiltModels) -> None:
+    header = b"FEI1" + bytes([1, 0, 1, 0]) + (LIMIT + 1).to_bytes(4, "big")
+    with _socket_server(models, 5.0) as srv, _unix(srv) as sock:
+        sock.sendall(header)  # no body follows: the answer cannot depend on reading it
+        assert _error_code(_read_all(sock)) == "body_too_large"
+
+
+def test_socket_errors_never_quote_the_request(models: BuiltModels) -> None:
+    name = b"zzechozz"  # a valid model name nobody serves: the answer must not echo it
+    arr = np.zeros(INPUT_SHAPE, np.float32)
+    body = bytes([len(name)]) + name + b"".join(d.to_bytes(4, "big") for d in INPUT_SHAPE)
+    body += arr.tobytes()
+    frame = b"FEI1" + bytes([1, 0, len(INPUT_SHAPE), 1]) + len(body).to_bytes(4, "big") + body
+    with _socket_server(models, 5.0) as srv, SocketClient(srv.path) as client:
+        status, _, _, answer = client.send_raw(frame)
+        assert status == 1 and decode_error(answer)[0] == "unknown_model"
+        assert name not in answer
