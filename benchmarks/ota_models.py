@@ -68,7 +68,12 @@ def build_models(data: str, epochs: int, seed: int, cache: Path | None) -> dict[
     import torch
 
     from cloud.data import load_dataset, stratified_split
-    from cloud.quantization.convert import export_float_tflite, quantize_tflite
+    from cloud.quantization.convert import (
+        export_float_tflite,
+        input_layout,
+        quantize_tflite,
+        to_layout,
+    )
     from cloud.training import ModelSpec, TrainConfig, train
     from cloud.training.trainer import evaluate_torch
     from shared.precision import Precision
@@ -79,7 +84,8 @@ def build_models(data: str, epochs: int, seed: int, cache: Path | None) -> dict[
     spec = ModelSpec("benchmarks.ota_models:wide_cnn", dataset.input_shape, dataset.num_classes)
     started = time.perf_counter()
     result = train(split, spec, TrainConfig(epochs=epochs, seed=seed, device="cpu"))
-    calib = split.train_x[:128]
+    # Calibrate in the layout the models are exported in (NHWC for images).
+    calib = to_layout(split.train_x[:128], input_layout(dataset.input_shape))
     v1 = quantize_tflite(
         export_float_tflite(result.model, dataset.input_shape), Precision.INT8, calib
     )

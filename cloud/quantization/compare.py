@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from cloud.data import split_from_record
+from cloud.quantization.convert import InputLayout, to_layout
 from cloud.quantization.litert_eval import evaluate_tflite
 from cloud.registry import Registry
 from cloud.training import ModelSpec, evaluate_torch
@@ -68,8 +69,13 @@ def compare_version(registry: Registry, ref: str, *, runs: int = 1000) -> list[R
     for art in version.artifacts:
         if art.format != "tflite":
             continue
+        # Artifacts from before layouts were recorded took the torch layout.
+        layout = art.metrics.get("input_layout", InputLayout.AS_TRAINED)
         ev = evaluate_tflite(
-            registry.read_artifact(art), split.test_x, split.test_y, latency_runs=runs
+            registry.read_artifact(art),
+            to_layout(split.test_x, layout),
+            split.test_y,
+            latency_runs=runs,
         )
         rows.append(
             Row(

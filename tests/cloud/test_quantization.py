@@ -7,7 +7,7 @@ import pytest
 
 from cloud.data import split_from_record
 from cloud.quantization import LiteRTRunner, quantize_version
-from cloud.quantization.convert import quantize_tflite
+from cloud.quantization.convert import quantize_tflite, to_layout
 from shared.errors import NotDeployableError, QuantizationError, RegistryError
 from shared.precision import Precision
 
@@ -27,9 +27,9 @@ def test_int8_artifact_is_full_integer_and_accurate(quantized_digits) -> None:  
     assert np.dtype(runner.input["dtype"]) == np.int8
     assert np.dtype(runner.output["dtype"]) == np.int8
     split = split_from_record(version.data)
-    preds = [
-        int(np.argmax(runner.predict(split.test_x[i : i + 1]))) for i in range(len(split.test_y))
-    ]
+    # Sent the way the recorded layout says (NHWC by default for images).
+    test_x = to_layout(split.test_x, int8.metrics["input_layout"])
+    preds = [int(np.argmax(runner.predict(test_x[i : i + 1]))) for i in range(len(split.test_y))]
     assert np.mean(np.array(preds) == split.test_y) == pytest.approx(int8.metrics["accuracy"])
     assert "FULLY_CONNECTED" in int8.metrics["ops"] or "DELEGATE" in int8.metrics["ops"]
     assert reg.deployable_artifact(version.ref).precision == "int8"
