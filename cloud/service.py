@@ -5,10 +5,15 @@
 1. open the resources (:func:`build_resources`: registry and fleet store on one database,
    migrated; the key home, its enrollment records in that database — an old
    ``fleet.json`` is imported once; the deployment jobs; the broker configuration);
-2. start the ingestion worker (:class:`cloud.ingest.IngestWorker`, identity
-   ``fedge-ingest``: the broker allows one session per identity, and the coordinator's own
-   is taken by the publishes of the deployment jobs in this process) and the telemetry
-   retention job;
+2. start the telemetry retention job and the leader loop
+   (:class:`cloud.rollout.coordinator.RolloutCoordinator`): the process holding the leader
+   lease (a PostgreSQL advisory lock; a file lock beside a SQLite database) runs the
+   ingestion worker (:class:`cloud.ingest.IngestWorker`, identity ``fedge-ingest``: the
+   broker allows one session per identity, and the coordinator's own is taken by the
+   publishes of the deployment jobs and rollouts), the staged rollouts and the federated
+   runs (a standby answers ``503 not_leader`` to starting one); another process on the
+   same database stands by, serves the API, and takes over within one ``--lease-poll``
+   interval after the leader's lease ends;
 3. run uvicorn with :func:`cloud.api.app.create_app` until SIGTERM or Ctrl-C;
 4. then, in this order: uvicorn's graceful shutdown (requests in progress finish), the
    ingestion flush (the batch in flight is committed and acknowledged; the broker session
@@ -24,6 +29,7 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 
@@ -38,6 +44,7 @@ from cloud.config import Settings
 from cloud.fleet.sync import fail_interrupted_deployments
 from cloud.ingest import DEFAULT_RETENTION_S, IngestWorker, RetentionJob
 from cloud.keys import INGEST_USER, KeyHome
+from cloud.rollout.coordinator import RolloutCoordinator
 from shared.errors import ConfigError
 
 __all__ = ["CoordinatorService", "build_resources", "build_service", "serve"]
@@ -74,8 +81,40 @@ def _ingest_identity(home: KeyHome, files: BrokerFiles) -> None:
         )
 
 
-def _broker_check(worker: IngestWorker, host: str, port: int) -> HealthCheck:
+class LeaderIngest:
+    """Ingestion on the leader only: the broker allows one ``fedge-ingest`` session (and the
+    key home's identity lock one worker per host), so a standby ``fedge cloud serve`` does
+    not ingest. The session is persistent: what devices send during a takeover waits in it
+    for the new leader's worker, which is built fresh each time this process starts leading.
+    """
+
+    def __init__(self, factory: Callable[[], IngestWorker]) -> None:
+        self._factory = factory
+        self._lock = threading.Lock()
+        self.worker: IngestWorker | None = None
+
+    def set_leader(self, leading: bool) -> None:
+        """Start a worker on becoming leader; flush and stop it on losing the lease."""
+        with self._lock:
+            if leading and self.worker is None:
+                worker = self._factory()
+                worker.start()
+                self.worker = worker
+                log.info("ingestion started (%s)", INGEST_USER)
+            elif not leading and self.worker is not None:
+                worker, self.worker = self.worker, None
+                worker.stop()
+                log.info("ingestion stopped")
+
+
+_STANDBY = (True, "standby: ingestion and rollouts run on the leader")
+
+
+def _broker_check(ingest: LeaderIngest, host: str, port: int) -> HealthCheck:
     def check() -> tuple[bool, str]:
+        worker = ingest.worker
+        if worker is None:
+            return _STANDBY
         stats = worker.stats
         if stats.failure:
             return False, stats.failure
@@ -88,8 +127,11 @@ def _broker_check(worker: IngestWorker, host: str, port: int) -> HealthCheck:
     return check
 
 
-def _ingest_check(worker: IngestWorker) -> HealthCheck:
+def _ingest_check(ingest: LeaderIngest) -> HealthCheck:
     def check() -> tuple[bool, str]:
+        worker = ingest.worker
+        if worker is None:
+            return _STANDBY
         stats = worker.stats
         if stats.write_error:
             return False, f"database writes failing: {stats.write_error}"
@@ -107,23 +149,28 @@ class CoordinatorService:
     """The resources plus the background work of a running coordinator."""
 
     resources: Resources
-    ingest: IngestWorker
+    ingest: LeaderIngest
     retention: RetentionJob
     broker: tuple[str, int]
+    rollouts: RolloutCoordinator
     _started: bool = field(default=False, init=False)
 
     def start(self) -> None:
-        """Start ingestion (it connects in the background) and the retention job."""
-        self.ingest.start()
+        """Start the retention job and the leader loop: if it gets the lease, it starts
+        ingestion (it connects in the background) and runs rollouts; else it stands by."""
         self.retention.start()
+        self.rollouts.start()
         self._started = True
 
     def close(self) -> None:
-        """Flush ingestion, stop the background jobs and close the database (idempotent)."""
+        """Release the lease (flushing ingestion), stop the background jobs and close the
+        database (idempotent)."""
         try:
             if self._started:
                 self._started = False
-                self.ingest.stop()
+                self.rollouts.stop()  # after its current step; stops ingestion, releases
+                log.info("rollout coordinator stopped")
+                self.ingest.set_leader(False)
                 self.retention.stop()
                 log.info("telemetry retention stopped")
         finally:
@@ -140,6 +187,7 @@ def build_service(
     broker: tuple[str, int] | None = None,
     retention_s: float = DEFAULT_RETENTION_S,
     retention_interval_s: float = 3600.0,
+    lease_poll_s: float = 1.0,
 ) -> CoordinatorService:
     """Open the resources and build (not start) ingestion and retention.
 
@@ -161,16 +209,48 @@ def build_service(
         # key home's fleet.json is imported now, once, rather than by the first request.
         resources.home.import_json_fleet()
         fail_interrupted_deployments(resources.store, now=resources.now())
-        worker = IngestWorker(resources.home, host, port, resources.store)
+        ingest = LeaderIngest(lambda: IngestWorker(resources.home, host, port, resources.store))
         retention = RetentionJob(
             resources.store, retention_s=retention_s, interval_s=retention_interval_s
         )
+        rollouts = _rollout_coordinator(resources, (host, port), lease_poll_s, ingest)
     except BaseException:
         resources.close(wait=False)
         raise
-    resources.health["broker"] = _broker_check(worker, host, port)
-    resources.health["ingest"] = _ingest_check(worker)
-    return CoordinatorService(resources, worker, retention, (host, port))
+    resources.health["broker"] = _broker_check(ingest, host, port)
+    resources.health["ingest"] = _ingest_check(ingest)
+    resources.rollouts = rollouts
+    return CoordinatorService(resources, ingest, retention, (host, port), rollouts)
+
+
+def _rollout_coordinator(
+    resources: Resources, broker: tuple[str, int], poll_s: float, ingest: LeaderIngest
+) -> RolloutCoordinator:
+    """The leader loop: rollouts and ingestion run in whichever serve process holds the
+    lease."""
+    from cloud.deployment.publisher import Publisher
+    from cloud.rollout.delivery import PublisherLink
+    from cloud.rollout.engine import RolloutEngine
+    from cloud.rollout.lease import lease_for
+
+    host, port = broker
+
+    def engine() -> RolloutEngine:
+        link = PublisherLink(
+            resources.home,
+            lambda: Publisher(resources.registry, resources.home, host=host, port=port),
+            lambda: broker,
+        )
+        return RolloutEngine(resources.store, link, clock=resources.now)
+
+    return RolloutCoordinator(
+        resources.store,
+        lease_for(resources.registry.engine),
+        engine,
+        poll_s=poll_s,
+        on_leadership=ingest.set_leader,
+        registry=resources.registry,
+    )
 
 
 class _Stop:
@@ -208,6 +288,7 @@ def serve(
     *,
     broker: tuple[str, int] | None = None,
     retention_s: float = DEFAULT_RETENTION_S,
+    lease_poll_s: float = 1.0,
 ) -> int:
     """Run the coordinator service until SIGTERM or Ctrl-C; returns the exit status.
 
@@ -217,7 +298,9 @@ def serve(
     stop = _Stop()
     stop.install()  # before uvicorn: it re-raises the signal it caught once it has stopped
     try:
-        service = build_service(settings, broker=broker, retention_s=retention_s)
+        service = build_service(
+            settings, broker=broker, retention_s=retention_s, lease_poll_s=lease_poll_s
+        )
         db = service.resources.registry.engine.dialect.name
         bhost, bport = service.broker
         log.info(
@@ -234,7 +317,13 @@ def serve(
             service.start()
             app = create_app(settings, service.resources)
             config = uvicorn.Config(
-                app, host=host, port=port, lifespan="on", log_level="info", access_log=False
+                app,
+                host=host,
+                port=port,
+                lifespan="on",
+                log_level="info",
+                access_log=False,
+                timeout_graceful_shutdown=5,  # open dashboard event streams never end by themselves
             )
             server = uvicorn.Server(config)
             if stop.requested is None:

@@ -74,6 +74,9 @@ class Resources:
     #: Federated runs (None: built on the registry and store, ``FEDGE_HOME`` being the
     #: key home's parent).
     federation: FederationJobs | None = None
+    #: The rollout coordinator of this process (``fedge cloud serve`` sets it; None: this
+    #: process creates rollouts for a leader elsewhere to run).
+    rollouts: Any = None
 
     def __post_init__(self) -> None:
         if self.federation is None:
@@ -119,9 +122,18 @@ def _jobs(res: ResourcesDep) -> DeploymentJobs:
     return res.jobs
 
 
-def _federation(res: ResourcesDep) -> FederationJobs:
+def _federation(res: ResourcesDep, request: Request) -> FederationJobs:
     if res.federation is None:  # only if a caller set it to None after construction
         raise ApiProblem(503, "not_ready", "federated runs are not available")
+    leader = getattr(res.rollouts, "leader", True)  # no coordinator loop: this process runs all
+    if request.method not in ("GET", "HEAD") and not leader:
+        # Exactly one process (the lease holder) runs federated runs, as it runs rollouts.
+        raise ApiProblem(
+            503,
+            "not_leader",
+            "this coordinator is a standby: start or stop federated runs on the leader "
+            "(GET /v1/rollouts/coordinator tells which process leads)",
+        )
     return res.federation
 
 

@@ -80,6 +80,11 @@ class DeviceOutcomeOut(_Out):
     reason: str | None = None
     precision: str | None = None
     encoding: str | None = None
+    variant: dict[str, Any] | None = Field(
+        default=None,
+        description="The variant chosen and why (protocol §15): precision, basis "
+        "(pinned | measured | static | none), median_us, excluded, explain.",
+    )
 
 
 class DeploymentOut(_Out):
@@ -117,6 +122,14 @@ class FederationRunIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    rollout_policy: str | None = Field(
+        default=None,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        description="When the run succeeds, roll its best round out under this named "
+        "rollout policy (`PUT /v1/rollout-policies/{name}`); the rollout's `source` is "
+        "`federation:<run_id>`.",
+    )
     data: Literal["digits", "mnist-5k"] = Field(
         default="digits", description="Built-in data set (a server path is not accepted)."
     )

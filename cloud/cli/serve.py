@@ -33,6 +33,17 @@ def serve_cmd(
     retention_days: Annotated[
         float, typer.Option("--retention-days", min=0.001, help="Days of telemetry kept.")
     ] = 7.0,
+    lease_poll: Annotated[
+        float,
+        typer.Option(
+            "--lease-poll",
+            envvar="FEDGE_LEASE_POLL_S",
+            min=0.05,
+            max=60.0,
+            help="Seconds between two rollout passes of the leader, and between two tries "
+            "of a standby to take the leader lease (the bound on a takeover).",
+        ),
+    ] = 1.0,
 ) -> None:
     """Run the coordinator: control API, device ingestion and telemetry retention."""
     with cli_errors():
@@ -45,6 +56,13 @@ def serve_cmd(
         address = parse_broker(broker) if broker else None
         if not 0 < port < 65536:
             raise typer.BadParameter(f"invalid port {port}", param_hint="--port")
-        status = serve(Settings(), host, port, broker=address, retention_s=retention_days * 86400.0)
+        status = serve(
+            Settings(),
+            host,
+            port,
+            broker=address,
+            retention_s=retention_days * 86400.0,
+            lease_poll_s=lease_poll,
+        )
     if status:
         raise typer.Exit(status)

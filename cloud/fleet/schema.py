@@ -43,6 +43,7 @@ __all__ = [
     "FederationRoundRow",
     "FederationRunRow",
     "TelemetryRow",
+    "VariantMeasurementRow",
 ]
 
 ID = 64  # shared.identifiers.MAX_IDENTIFIER_LENGTH
@@ -197,6 +198,8 @@ class DeploymentDeviceRow(Base):
     reason: Mapped[str | None] = mapped_column(String(2000), nullable=True)
     precision: Mapped[str | None] = mapped_column(String(20), nullable=True)
     encoding: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    # The variant chosen for the device and why (docs/protocol.md §15; 0005).
+    variant: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON, nullable=True)
 
 
 class AuditRow(Base):
@@ -249,3 +252,39 @@ class FederationRoundRow(Base):
     bytes_down: Mapped[int] = mapped_column(BigInteger)
     seconds: Mapped[float] = mapped_column(Float)
     version: Mapped[str | None] = mapped_column(String(200), nullable=True)
+
+
+class VariantMeasurementRow(Base):
+    """A device's newest timing of one variant (``docs/protocol.md`` §15; migration 0005).
+
+    One row per ``(device_id, artifact_id)``; read per hardware class and model by
+    :mod:`cloud.deployment.variants`.
+    """
+
+    __tablename__ = "variant_measurements"
+    __table_args__ = (
+        UniqueConstraint(
+            "device_id", "artifact_id", name="uq_variant_measurements_device_artifact"
+        ),
+        Index("ix_variant_measurements_class", "hardware_id", "model_id", "version"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(String(ID))
+    hardware_id: Mapped[str] = mapped_column(String(ID))
+    model_id: Mapped[str] = mapped_column(String(ID))
+    version: Mapped[int] = mapped_column(Integer)
+    artifact_id: Mapped[str] = mapped_column(String(32))
+    precision: Mapped[str] = mapped_column(String(20))
+    threads: Mapped[int] = mapped_column(Integer)
+    runs: Mapped[int] = mapped_column(Integer)
+    median_us: Mapped[float] = mapped_column(Float)
+    p99_us: Mapped[float] = mapped_column(Float)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    cpu_features: Mapped[list[str]] = mapped_column(JSON)
+    measured_at: Mapped[float] = mapped_column(Float)
+
+
+# The rollout and shadow-evidence tables (0006) live in their own module; importing it here
+# puts them on the same metadata for everyone who imports the fleet schema.
+from cloud.fleet import schema_rollouts as _schema_rollouts  # noqa: E402, F401

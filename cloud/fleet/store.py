@@ -53,11 +53,14 @@ from sqlalchemy.orm import sessionmaker
 
 from cloud.fleet._base import StoreBase, _first_line
 from cloud.fleet.store_audit import AuditMixin
+from cloud.fleet.store_dashboard import DashboardMixin
 from cloud.fleet.store_deployments import DeploymentsMixin
 from cloud.fleet.store_devices import DevicesMixin
 from cloud.fleet.store_messages import MessagesMixin
+from cloud.fleet.store_rollouts import RolloutsMixin
 from cloud.fleet.store_runs import RunsMixin
 from cloud.fleet.store_tokens import TokensMixin
+from cloud.fleet.store_variants import VariantsMixin
 from shared.errors import RegistryError
 
 if TYPE_CHECKING:
@@ -67,7 +70,16 @@ __all__ = ["FleetStore"]
 
 
 class FleetStore(
-    DevicesMixin, TokensMixin, MessagesMixin, DeploymentsMixin, RunsMixin, AuditMixin, StoreBase
+    DevicesMixin,
+    TokensMixin,
+    MessagesMixin,
+    DeploymentsMixin,
+    RunsMixin,
+    AuditMixin,
+    DashboardMixin,
+    RolloutsMixin,
+    VariantsMixin,
+    StoreBase,
 ):
     """Fleet state on one database engine (shared with the model registry).
 

@@ -15,8 +15,10 @@ from cloud.deployment.evidence import DeviceStatus
 from cloud.deployment.link import Incoming
 from cloud.fleet.records import StatusRecord, TelemetryRecord
 from cloud.ingest.attribution import DeviceTelemetry, IngestAttribution
+from cloud.rollout.records import ShadowRecord
+from shared.protocol.messages import TelemetryMessage
 
-__all__ = ["IngestStats", "IngestStore", "parse_arrivals"]
+__all__ = ["IngestStats", "IngestStore", "parse_arrivals", "shadow_record"]
 
 # The worker's logger: what the worker logged before this module was split off, it still does.
 logger = logging.getLogger("cloud.ingest.worker")
@@ -30,6 +32,9 @@ class IngestStore(Protocol):
 
     def record_telemetry(self, batch: list[TelemetryRecord]) -> int:
         """Store telemetry idempotently; how many were new."""
+
+    def record_shadow_reports(self, batch: list[ShadowRecord]) -> int:
+        """Store shadow reports idempotently; how many were new."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,7 @@ class _Batch:
     arrivals: list[_Arrival] = field(default_factory=list)
     statuses: list[StatusRecord] = field(default_factory=list)
     telemetry: list[TelemetryRecord] = field(default_factory=list)
+    shadows: list[ShadowRecord] = field(default_factory=list)
     latencies: list[tuple[str, float]] = field(default_factory=list)  # (version, seconds)
 
 
@@ -143,6 +149,34 @@ def parse_arrivals(attribution: IngestAttribution, arrivals: list[_Arrival]) -> 
                     payload=t.model_dump(mode="json"),
                 )
             )
+            if t.shadow is not None:  # the rollout's shadow gate reads these rows
+                out.shadows.append(shadow_record(parsed.device_id, t, arrival.arrived_at))
             if t.latency.count:
                 out.latencies.append((t.model_version or "none", t.latency.p50_ms / 1000))
     return out
+
+
+def shadow_record(device_id: str, t: TelemetryMessage, received_at: float) -> ShadowRecord:
+    """The shadow report of telemetry ``t`` (which must carry one) as a store row; the
+    device is the one the topic named, never the payload."""
+    shadow = t.shadow
+    assert shadow is not None
+    return ShadowRecord(
+        device_id=device_id,
+        msg_id=t.msg_id,
+        received_at=received_at,
+        sent_at=t.sent_at,
+        model_id=shadow.candidate.model_id,
+        version=shadow.candidate.version,
+        sha256=shadow.candidate.sha256,
+        serving_version=shadow.serving_version,
+        task=shadow.task,
+        samples=shadow.samples,
+        agreement=shadow.agreement,
+        mean_abs_diff=shadow.mean_abs_diff,
+        candidate_p95_ms=shadow.candidate_latency.p95_ms,
+        serving_p95_ms=shadow.serving_latency.p95_ms,
+        errors=shadow.errors,
+        timeouts=shadow.timeouts,
+        dropped=shadow.dropped,
+    )

@@ -342,6 +342,8 @@ class IngestWorker:
                 new_telemetry = (
                     self._store.record_telemetry(batch.telemetry) if batch.telemetry else 0
                 )
+                if batch.shadows:  # after its telemetry row; idempotent like it
+                    self._store.record_shadow_reports(batch.shadows)
                 with self._state_lock:
                     self._write_error = None
                 return new_status, new_telemetry

@@ -34,7 +34,16 @@ FLEET_TABLES = {
     "audit_log",
 }
 FEDERATION_TABLES = {"federation_runs", "federation_rounds"}
-HEAD = "0004"
+#: The tables 0005 and later add (compared separately by the tests of those revisions).
+VARIANT_TABLES = {"variant_measurements"} | {
+    "rollouts",  # 0006: staged rollouts and the shadow evidence
+    "rollout_cohorts",
+    "rollout_devices",
+    "rollout_events",
+    "rollout_policies",
+    "shadow_reports",
+}
+HEAD = "0006"
 #: The enrollment-record columns 0004 adds to ``devices`` (no private key among them).
 CREDENTIAL_COLUMNS = {
     "box_public",
@@ -68,18 +77,40 @@ def _diff(engine: Engine) -> list[Any]:
         return list(compare_metadata(ctx, Base.metadata))
 
 
+#: Columns 0005 adds to existing tables: the variant chosen per deployment device.
+VARIANT_COLUMNS = {("deployment_devices", "variant")}
+
+
+def _diff_before_0005(engine: Engine) -> list[Any]:
+    """The diff without the tables and columns of 0005 and later (checked by their own tests)."""
+    return [
+        d
+        for d in _diff(engine)
+        if not (d[0] == "add_table" and d[1].name in VARIANT_TABLES)
+        and not (d[0] == "add_index" and d[1].table.name in VARIANT_TABLES)
+        and not (d[0] == "add_column" and (d[2], d[3].name) in VARIANT_COLUMNS)
+    ]
+
+
 def test_one_linear_history() -> None:
     script = ScriptDirectory.from_config(alembic_config())
     assert script.get_heads() == [HEAD]
-    assert [r.revision for r in script.walk_revisions()] == ["0004", "0003", "0002", "0001"]
+    assert [r.revision for r in script.walk_revisions()] == [
+        "0006",
+        "0005",
+        "0004",
+        "0003",
+        "0002",
+        "0001",
+    ]
 
 
 def test_empty_database_goes_to_head(engine: Engine) -> None:
     upgrade_database(engine)
     assert _revision(engine) == HEAD
-    assert _tables(engine) == REGISTRY_TABLES | FLEET_TABLES | FEDERATION_TABLES | {
-        "alembic_version"
-    }
+    assert _tables(
+        engine
+    ) == REGISTRY_TABLES | FLEET_TABLES | FEDERATION_TABLES | VARIANT_TABLES | {"alembic_version"}
 
 
 def test_head_matches_the_models(engine: Engine) -> None:
@@ -94,7 +125,7 @@ def test_0001_is_exactly_the_old_registry_schema(engine: Engine) -> None:
         command.upgrade(alembic_config(conn), "0001")
     assert _tables(engine) == REGISTRY_TABLES | {"alembic_version"}
     # Against the full models, only the fleet tables are missing: the registry part matches.
-    diff = _diff(engine)
+    diff = _diff_before_0005(engine)
     assert diff
     assert {d[0] for d in diff} == {"add_table", "add_index"}
     assert {d[1].name for d in diff if d[0] == "add_table"} == FLEET_TABLES | FEDERATION_TABLES
@@ -149,9 +180,9 @@ def test_pre_migration_registry_is_stamped_and_upgraded(
     upgrade_database(engine)
 
     assert _revision(engine) == HEAD
-    assert _tables(engine) == REGISTRY_TABLES | FLEET_TABLES | FEDERATION_TABLES | {
-        "alembic_version"
-    }
+    assert _tables(
+        engine
+    ) == REGISTRY_TABLES | FLEET_TABLES | FEDERATION_TABLES | VARIANT_TABLES | {"alembic_version"}
     assert _diff(engine) == []
     with engine.connect() as conn:
         assert conn.execute(text("SELECT name FROM models")).scalars().all() == ["legacy"]
@@ -171,7 +202,9 @@ def test_pre_migration_registry_is_stamped_and_upgraded(
 def test_registry_creates_every_table(database_url: str, tmp_path: Path) -> None:
     reg = Registry(database_url, tmp_path / "artifacts")
     try:
-        assert _tables(reg.engine) == REGISTRY_TABLES | FLEET_TABLES | FEDERATION_TABLES | {
+        assert _tables(
+            reg.engine
+        ) == REGISTRY_TABLES | FLEET_TABLES | FEDERATION_TABLES | VARIANT_TABLES | {
             "alembic_version"
         }
         assert _revision(reg.engine) == HEAD
@@ -202,7 +235,7 @@ def test_0002_database_upgrades_to_0003_with_its_rows_kept(engine: Engine) -> No
     assert _tables(engine) == REGISTRY_TABLES | FLEET_TABLES | {"alembic_version"}
     # Against the models only the federation tables (and their index) and the 0004
     # credential columns are missing.
-    diff = _diff(engine)
+    diff = _diff_before_0005(engine)
     assert {d[0] for d in diff} == {"add_table", "add_index", "add_column"}
     assert {d[1].name for d in diff if d[0] == "add_table"} == FEDERATION_TABLES
     assert {d[3].name for d in diff if d[0] == "add_column"} == CREDENTIAL_COLUMNS
@@ -211,7 +244,7 @@ def test_0002_database_upgrades_to_0003_with_its_rows_kept(engine: Engine) -> No
 
     assert _revision(engine) == HEAD
     assert _tables(engine) == (
-        REGISTRY_TABLES | FLEET_TABLES | FEDERATION_TABLES | {"alembic_version"}
+        REGISTRY_TABLES | FLEET_TABLES | FEDERATION_TABLES | VARIANT_TABLES | {"alembic_version"}
     )
     assert _diff(engine) == []
     with engine.connect() as conn:
@@ -253,7 +286,7 @@ def test_0003_database_upgrades_to_0004_with_its_devices_kept(engine: Engine) ->
         )
     assert _revision(engine) == "0003"
     assert not _columns(engine, "devices") & CREDENTIAL_COLUMNS
-    diff = _diff(engine)
+    diff = _diff_before_0005(engine)
     assert {d[0] for d in diff} == {"add_column"}
     assert {(d[2], d[3].name) for d in diff} == {("devices", c) for c in CREDENTIAL_COLUMNS}
 
@@ -287,3 +320,24 @@ def test_0004_downgrades_to_0003(engine: Engine) -> None:
     assert not _columns(engine, "devices") & CREDENTIAL_COLUMNS
     with engine.connect() as conn:
         assert conn.execute(text("SELECT id FROM devices")).scalar_one() == "cam-1"
+
+
+def test_0004_database_upgrades_to_0005_and_back(engine: Engine) -> None:
+    from alembic import command
+
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0004")
+    assert _revision(engine) == "0004"
+    diff = _diff(engine)
+    assert {d[1].name for d in diff if d[0] == "add_table"} == VARIANT_TABLES
+    assert {(d[2], d[3].name) for d in diff if d[0] == "add_column"} >= VARIANT_COLUMNS
+    upgrade_database(engine)
+    assert _revision(engine) == HEAD
+    assert _tables(engine) >= VARIANT_TABLES
+    assert "variant" in _columns(engine, "deployment_devices")
+    assert _diff(engine) == []
+    with engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "0004")
+    assert _revision(engine) == "0004"
+    assert not VARIANT_TABLES & _tables(engine)
+    assert "variant" not in _columns(engine, "deployment_devices")
