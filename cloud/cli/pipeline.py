@@ -47,9 +47,23 @@ def _with_registry(fn: Callable[[Any], T]) -> T:
 
 @cloud_app.command("train")
 def train_cmd(
-    data: Annotated[str, typer.Option(help="mnist-5k, digits, or PATH.npz with arrays x, y.")],
+    data: Annotated[
+        str,
+        typer.Option(
+            help="mnist-5k, digits, aeon:NAME (a bundled time-series set, e.g. "
+            "aeon:BasicMotions), or PATH.npz with arrays x, y ((N,T,F) for series)."
+        ),
+    ],
     model: Annotated[
-        str | None, typer.Option(help="cnn, mlp, or module:function returning an nn.Module.")
+        str | None,
+        typer.Option(
+            help="cnn, resnet, mlp, gru, lstm, transformer, or module:function returning "
+            "an nn.Module. (N,T,F) data is read as sequences for gru/lstm/transformer and "
+            "as one-channel T x F images for cnn/resnet."
+        ),
+    ] = None,
+    width: Annotated[
+        int | None, typer.Option(min=1, help="Size of a built-in family (channels/hidden units).")
     ] = None,
     name: Annotated[
         str | None, typer.Option(help="Registry model name (default ARCH-DATA).")
@@ -59,12 +73,43 @@ def train_cmd(
     lr: Annotated[float, typer.Option(help="Peak learning rate (one-cycle).")] = 2e-3,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed for the split and the weights.")] = 0,
+    accumulate: Annotated[
+        int, typer.Option(min=1, help="Micro-batches per optimizer step (gradient accumulation).")
+    ] = 1,
+    prune: Annotated[
+        float | None,
+        typer.Option(help="Prune this fraction of weights (global magnitude), then fine-tune."),
+    ] = None,
+    prune_epochs: Annotated[int, typer.Option(min=1, help="Fine-tuning epochs after pruning.")] = 1,
+    nproc: Annotated[
+        int,
+        typer.Option(min=1, envvar="FEDGE_NPROC", help="Processes per node (DDP via torchrun)."),
+    ] = 1,
+    nnodes: Annotated[int, typer.Option(min=1, envvar="FEDGE_NNODES")] = 1,
+    node_rank: Annotated[int, typer.Option(min=0, envvar="FEDGE_NODE_RANK")] = 0,
+    master_addr: Annotated[
+        str | None, typer.Option(envvar="FEDGE_MASTER_ADDR", help="Node 0's address (multi-node).")
+    ] = None,
+    master_port: Annotated[int, typer.Option(envvar="FEDGE_MASTER_PORT")] = 29500,
+    checkpoint_dir: Annotated[
+        Path | None,
+        typer.Option(envvar="FEDGE_CHECKPOINT_DIR", help="Write a checkpoint every epoch here."),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue from the checkpoint in --checkpoint-dir.")
+    ] = False,
     json_out: JsonFlag = False,
 ) -> None:
-    """Train a model on a data set and store it in the registry as a new version."""
+    """Train a model on a data set and store it in the registry as a new version.
+
+    With --nproc N (and --nnodes/--node-rank/--master-addr/--master-port on several
+    nodes) training runs under DistributedDataParallel through torchrun: NCCL on GPUs,
+    gloo on CPU; --batch-size is the global batch.
+    """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from cloud.training import TrainConfig
+    from cloud.training.distributed import Launch
     from cloud.training.trainer import DeviceChoice
     from cloud.training.workflow import TrainRequest, train_and_register
 
@@ -76,7 +121,11 @@ def train_cmd(
         learning_rate=lr,
         device=cast(DeviceChoice, device),
         seed=seed,
+        accumulate=accumulate,
     )
+    launch = Launch(nproc, nnodes, node_rank, master_addr, master_port)
+    if resume and checkpoint_dir is None:
+        raise typer.BadParameter("--resume needs --checkpoint-dir", param_hint="--resume")
     with (
         cli_errors(),
         Progress(
@@ -94,7 +143,18 @@ def train_cmd(
         def on_epoch(epoch: int, total: int, loss: float) -> None:
             progress.update(task, completed=epoch, loss=f"{loss:.4f}")
 
-        request = TrainRequest(data=data, arch=model, model_name=name, config=config)
+        request = TrainRequest(
+            data=data,
+            arch=model,
+            model_name=name,
+            config=config,
+            width=width,
+            prune=prune,
+            prune_epochs=prune_epochs,
+            launch=launch,
+            checkpoint_dir=checkpoint_dir,
+            resume=resume,
+        )
         version = _with_registry(lambda reg: train_and_register(reg, request, on_epoch=on_epoch))
     m = version.metrics
     if json_out:
@@ -103,7 +163,13 @@ def train_cmd(
     out_console.print(
         f"registered [bold]{version.ref}[/]: test accuracy {m['test_accuracy']:.2%}, "
         f"train accuracy {m['train_accuracy']:.2%}, {m['seconds']:.1f}s on {m['device']}"
+        f" x{m.get('world_size', 1)}; input read as {m.get('input_reading', '?')}"
     )
+    if "sparsity" in m:
+        out_console.print(
+            f"pruned to sparsity {m['sparsity']:.1%} "
+            f"(accuracy before pruning {m['unpruned_test_accuracy']:.2%})"
+        )
 
 
 @cloud_app.command("quantize")
@@ -114,6 +180,15 @@ def quantize_cmd(
         typer.Option(help="Accuracy budget in points (default 1.0 or FEDGE_MAX_ACCURACY_DROP)."),
     ] = None,
     calibration_samples: Annotated[int, typer.Option(min=1)] = 256,
+    channels_last: Annotated[
+        bool | None,
+        typer.Option(
+            "--channels-last/--nchw",
+            envvar="FEDGE_CHANNELS_LAST",
+            help="Image models take NHWC input (no TRANSPOSE at the graph's input); "
+            "--nchw keeps torch's layout. Default: the parent version's layout, else NHWC.",
+        ),
+    ] = None,
     profiles: Annotated[
         Path | None,
         typer.Option(
@@ -143,26 +218,37 @@ def quantize_cmd(
                 version,
                 max_drop=budget,
                 calibration_samples=calibration_samples,
+                channels_last=channels_last,
                 on_step=lambda msg: status.update(msg),
             )
         )
     shipped = Path("firmware_configs")
     directory = profiles or (shipped if shipped.is_dir() else None)
+    from cloud.quantization.device_fit import plan_classes
+
     accepted: dict[str, list[str]] = {}
+    loaded = []
     if directory is not None:
         with cli_errors():
             for path in sorted(directory.glob("*.toml")):
                 profile = profile_from_toml(path.read_text(), source=str(path))
                 accepted[profile.name] = [str(p) for p in profile.precisions]
+                loaded.append(profile)
     coverage = profile_coverage(report, accepted)
+    # Precision is not enough: an accepted precision can still exceed a class's budgets.
+    with cli_errors():
+        fits = _with_registry(lambda reg: plan_classes(reg, [report.version], loaded))
     if json_out:
-        emit_json(report.to_dict() | {"profile_coverage": coverage})
+        emit_json(
+            report.to_dict()
+            | {"profile_coverage": coverage, "device_fit": [f.to_dict() for f in fits]}
+        )
         return
     table = Table(
         title=f"{report.version}: float accuracy {report.float_accuracy:.2%}, "
         f"budget {report.max_drop:.2f} points"
     )
-    for col in ("precision", "status", "accuracy", "bytes", "median ms", "reason"):
+    for col in ("precision", "status", "accuracy", "bytes", "wire bytes", "median ms", "reason"):
         table.add_column(col)
     for art in report.artifacts:
         met = art["metrics"]
@@ -171,12 +257,13 @@ def quantize_cmd(
             art["status"],
             f"{met['accuracy']:.2%}",
             f"{art['bytes']:,}",
+            f"{met['wire_bytes']:,}" if "wire_bytes" in met else "",
             f"{met['latency_median_ms']:.3f}",
             art["reason"] or "",
         )
     for att in report.attempts:
         if att.outcome == "failed":
-            table.add_row(att.precision, "failed", "", "", "", att.reason or "")
+            table.add_row(att.precision, "failed", "", "", "", "", att.reason or "")
     out_console.print(table)
     out_console.print(f"deployable: [bold]{report.selected or 'none'}[/]")
     for name, precision in coverage.items():
@@ -188,6 +275,9 @@ def quantize_cmd(
             )
         else:
             out_console.print(f"profile {name}: {precision}")
+    for fit in fits:
+        if fit.chosen is None:
+            err_console.print(f"[yellow]warning:[/] device class {fit.profile}: {fit.reason}")
 
 
 @models_app.command("list")
@@ -301,3 +391,9 @@ def models_show(
             a.reason or "",
         )
     out_console.print(table)
+
+
+# Registered here so ``fedge cloud distill|fit`` exist wherever this app is mounted.
+from cloud.cli.distill import register as _register_distill  # noqa: E402
+
+_register_distill(cloud_app)

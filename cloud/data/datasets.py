@@ -16,13 +16,20 @@ from typing import Literal
 
 import numpy as np
 
+from cloud.data.timeseries import (
+    Reading,
+    check_sequence_array,
+    is_bundled_source,
+    load_bundled,
+    series_scale,
+)
 from shared.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
 BUILTIN_DATASETS = ("mnist-5k", "digits")
 
-DataKind = Literal["image", "features"]
+DataKind = Literal["image", "features", "sequence"]
 
 
 @dataclass(frozen=True)
@@ -31,9 +38,10 @@ class Dataset:
 
     Attributes:
         name: ``mnist-5k``, ``digits`` or the file's stem.
-        x: ``float32`` inputs, ``(N, C, H, W)`` for images or ``(N, F)`` for features.
+        x: ``float32`` inputs, ``(N, C, H, W)`` for images, ``(N, T, F)`` for sequences
+            or ``(N, F)`` for features.
         y: ``int64`` labels in ``0..num_classes-1``.
-        kind: ``"image"`` or ``"features"``.
+        kind: ``"image"``, ``"sequence"`` or ``"features"``.
         num_classes: Number of classes.
         input_scale: Raw inputs were divided by this to get ``x``.
         class_names: The original label values, index-aligned with ``0..num_classes-1``.
@@ -66,16 +74,25 @@ class Split:
     test_y: np.ndarray
 
 
-def load_dataset(source: str | Path) -> Dataset:
+def load_dataset(source: str | Path, *, reading: Reading = "auto") -> Dataset:
     """Load a built-in data set by name or a user's ``.npz`` file by path.
 
     Args:
-        source: ``"mnist-5k"``, ``"digits"`` or a path to an ``.npz`` with arrays ``x`` and ``y``.
+        source: ``"mnist-5k"``, ``"digits"``, ``"aeon:NAME"`` (a bundled time-series set)
+            or a path to an ``.npz`` with arrays ``x`` and ``y``.
+        reading: How 3-D inputs are read: ``sequence`` keeps ``(T, F)`` samples, ``image``
+            makes them one-channel ``(1, T, F)`` grids; ``auto`` is ``image`` for an
+            ``.npz`` (as before sequences existed) and ``sequence`` for bundled series.
 
     Raises:
         DatasetError: The name is unknown or the file cannot be used; the message says why.
     """
     name = str(source)
+    if is_bundled_source(name):
+        stem, series, labels = load_bundled(name)
+        if reading == "image":
+            return _finish(stem, series[:, None], labels, kind="image", scale=series_scale(series))
+        return _finish(stem, series, labels, kind="sequence", scale=series_scale(series))
     if name == "mnist-5k":
         return _load_mnist_5k()
     if name == "digits":
@@ -86,7 +103,7 @@ def load_dataset(source: str | Path) -> Dataset:
             f"unknown data set {name!r}: use one of {', '.join(BUILTIN_DATASETS)} "
             "or a path to an .npz file with arrays 'x' and 'y'"
         )
-    return load_npz(path)
+    return load_npz(path, reading=reading)
 
 
 def _load_mnist_5k() -> Dataset:
@@ -105,12 +122,13 @@ def _load_digits() -> Dataset:
     return _finish("digits", images, np.asarray(bunch.target), kind="image", scale=16.0)
 
 
-def load_npz(path: Path) -> Dataset:
+def load_npz(path: Path, *, reading: Reading = "auto") -> Dataset:
     """Load and validate a user's ``.npz`` data set.
 
     Accepted layouts: images ``(N, H, W)`` or ``(N, H, W, C)`` (channel-last, as images are
     usually stored) and features ``(N, F)``. Labels are integers, one per sample. Integer
-    image data is scaled by 255; float data is used as given.
+    image data is scaled by 255; float data is used as given. With ``reading="sequence"``
+    a 3-D ``x`` is ``(N, T, F)`` time series (T and F must be non-zero).
 
     Raises:
         DatasetError: naming the problem (missing keys, wrong dtype, length mismatch,
@@ -135,7 +153,14 @@ def load_npz(path: Path) -> Dataset:
             y = archive["y"]
     except DatasetError:
         raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+    except ValueError as exc:
+        if "Object arrays" in str(exc):
+            raise DatasetError(
+                f"{path}: an array is an object array (ragged sequences of unequal length?); "
+                "store one numeric array, padded or cut to a common length"
+            ) from exc
+        raise DatasetError(f"{path}: not a readable .npz file ({exc})") from exc
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
         # ValueError covers pickled object arrays (refused) and garbage bytes.
         raise DatasetError(f"{path}: not a readable .npz file ({exc})") from exc
 
@@ -149,8 +174,15 @@ def load_npz(path: Path) -> Dataset:
         raise DatasetError(f"{path}: 'x' is empty")
     if x.shape[0] != y.shape[0]:
         raise DatasetError(f"{path}: 'x' has {x.shape[0]} samples but 'y' has {y.shape[0]} labels")
-    if x.ndim == 2:
-        kind: DataKind = "features"
+    if x.ndim == 3 and reading == "sequence":
+        check_sequence_array(x, str(path))  # names T or F when one of them is zero
+    if 0 in x.shape[1:]:
+        raise DatasetError(f"{path}: 'x' has an empty dimension (shape {x.shape})")
+    if x.ndim == 3 and reading == "sequence":
+        kind: DataKind = "sequence"
+        data = x.astype(np.float32)
+    elif x.ndim == 2:
+        kind = "features"
         data = x.astype(np.float32)
     elif x.ndim == 3:
         kind = "image"

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cloud.data.datasets import BUILTIN_DATASETS, Dataset, Split, load_dataset, stratified_split
+from cloud.data.timeseries import Reading, is_bundled_source
 from shared.errors import DatasetError
 
 DEFAULT_TEST_FRACTION = 0.2
@@ -28,9 +29,18 @@ def file_sha256(path: Path) -> str:
 
 
 def data_record(
-    source: str, dataset: Dataset, *, seed: int, test_fraction: float = DEFAULT_TEST_FRACTION
+    source: str,
+    dataset: Dataset,
+    *,
+    seed: int,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+    reading: Reading = "auto",
 ) -> dict[str, Any]:
-    """The JSON record of a data set and split, for the registry."""
+    """The JSON record of a data set and split, for the registry.
+
+    ``reading`` is how 3-D inputs were read (``sequence`` or ``image``); it is stored so
+    the same split comes back in the same shape.
+    """
     record: dict[str, Any] = {
         "source": source,
         "name": dataset.name,
@@ -41,8 +51,10 @@ def data_record(
         "input_scale": dataset.input_scale,
         "seed": seed,
         "test_fraction": test_fraction,
+        "reading": reading,
+        "input_shape": list(dataset.input_shape),
     }
-    if source not in BUILTIN_DATASETS:
+    if source not in BUILTIN_DATASETS and not is_bundled_source(source):
         path = Path(source).resolve()
         record["source"] = str(path)
         record["sha256"] = file_sha256(path)
@@ -61,7 +73,10 @@ def split_from_record(record: dict[str, Any]) -> Split:
     expected = record.get("sha256")
     if expected and Path(source).exists() and file_sha256(Path(source)) != expected:
         raise DatasetError(f"{source} changed since this version was trained (sha256 differs)")
-    dataset = load_dataset(source)
+    reading = record.get("reading", "auto")
+    if reading not in ("auto", "image", "sequence"):
+        raise DatasetError(f"this version's data record has an unknown reading {reading!r}")
+    dataset = load_dataset(source, reading=reading)
     return stratified_split(
         dataset,
         test_fraction=float(record.get("test_fraction", DEFAULT_TEST_FRACTION)),

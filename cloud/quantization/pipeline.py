@@ -22,13 +22,23 @@ from typing import Any, Literal
 import numpy as np
 
 from cloud.data import split_from_record
-from cloud.quantization.convert import FALLBACK_CHAIN, export_float_tflite, quantize_tflite
+from cloud.quantization import sequence as seq
+from cloud.quantization.convert import (
+    FALLBACK_CHAIN,
+    export_float_tflite,
+    input_layout,
+    model_input_shape,
+    quantize_tflite,
+    to_layout,
+)
 from cloud.quantization.litert_eval import evaluate_tflite
 from cloud.quantization.quiet import native_output_captured
 from cloud.registry import ArtifactStatus, Registry
 from cloud.registry.registry import NewArtifact
 from cloud.training import ModelSpec, evaluate_torch
+from cloud.training.sequence_models import SEQUENCE_ARCHS
 from cloud.training.serialize import model_from_bytes
+from shared.artifacts.compression import compress
 from shared.errors import QuantizationError, RegistryError
 from shared.precision import Precision, precision_rank
 
@@ -58,6 +68,8 @@ class QuantizationReport:
     selected: str | None
     attempts: list[Attempt] = field(default_factory=list)
     artifacts: list[dict[str, Any]] = field(default_factory=list)
+    #: The artifacts' input layout (:class:`~cloud.quantization.convert.InputLayout`).
+    input_layout: str = "as-trained"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -79,6 +91,19 @@ def profile_coverage(
     return out
 
 
+def _parent_channels_last(registry: Registry, parent: str | None) -> bool:
+    """Whether the parent's TFLite artifacts are channels-last (True without any)."""
+    if parent is None:
+        return True
+    layouts = {
+        # Artifacts from before layouts were recorded were converted in torch's NCHW.
+        a.metrics.get("input_layout", "NCHW")
+        for a in registry.get_version(parent).artifacts
+        if a.format == "tflite"
+    }
+    return "NCHW" not in layouts
+
+
 def quantize_version(
     registry: Registry,
     ref: str,
@@ -86,6 +111,7 @@ def quantize_version(
     max_drop: float = 1.0,
     calibration_samples: int = 256,
     on_step: StepCallback | None = None,
+    channels_last: bool | None = None,
 ) -> QuantizationReport:
     """Convert and quantize version ``ref``; store every produced artifact with its metrics.
 
@@ -95,6 +121,10 @@ def quantize_version(
         max_drop: Accuracy budget, in percentage points below the float torch model.
         calibration_samples: Training samples used to calibrate int8 activations.
         on_step: Progress callback.
+        channels_last: Image models take NHWC input (no TRANSPOSE at the graph's input);
+            False keeps torch's NCHW. None (the default): the parent version's layout, so
+            an update never changes the input shape local callers send; NHWC for a
+            version without a quantized parent. Recorded in every artifact's metrics.
 
     Raises:
         QuantizationError: no precision at all could be produced.
@@ -110,21 +140,43 @@ def quantize_version(
     float_acc, _ = evaluate_torch(model, split.test_x, split.test_y)
     rng = np.random.default_rng(0)
     pick = rng.choice(len(split.train_x), min(calibration_samples, len(split.train_x)), False)
-    calibration = split.train_x[np.sort(pick)]
+    if channels_last is None:
+        channels_last = _parent_channels_last(registry, version.parent)
+    layout = input_layout(spec.input_shape, channels_last=channels_last)
+    # Calibration and evaluation data go in as the device will be sent them.
+    calibration = to_layout(split.train_x[np.sort(pick)], layout)
+    test_x = to_layout(split.test_x, layout)
+    io_metrics = {
+        "input_layout": str(layout),
+        "input_shape": list(model_input_shape(spec.input_shape, layout)),
+    }
 
-    step("convert to float32 TFLite")
+    step(f"convert to float32 TFLite ({layout} input)")
     with native_output_captured():
-        float_model = export_float_tflite(model, spec.input_shape)
-    report = QuantizationReport(version.ref, float_acc, max_drop, selected=None)
+        float_model = export_float_tflite(model, spec.input_shape, layout=layout)
+    # Sequence models get their own edge forms, each evaluated in LiteRT (quantization/sequence.py).
+    is_sequence = spec.arch in SEQUENCE_ARCHS
+    forms: list[dict[str, Any]] = []
+    # The quantizer needs tensor names; the shipped sequence files have them stripped.
+    float_artifact = seq.strip_tensor_names(float_model) if is_sequence else float_model
+    report = QuantizationReport(
+        version.ref, float_acc, max_drop, selected=None, input_layout=str(layout)
+    )
     new: list[NewArtifact] = []
 
     def judge(precision: Precision, data: bytes) -> bool:
         step(f"evaluate {precision} in LiteRT")
-        evaluation = evaluate_tflite(data, split.test_x, split.test_y)
+        evaluation = evaluate_tflite(data, test_x, split.test_y)
         drop = (float_acc - evaluation.accuracy) * 100.0
         ok = drop <= max_drop
         reason = None if ok else f"accuracy drop {drop:.2f} points exceeds budget {max_drop:.2f}"
-        metrics = {**evaluation.to_dict(), "accuracy_drop_points": round(drop, 4)}
+        metrics = {
+            **evaluation.to_dict(),
+            "accuracy_drop_points": round(drop, 4),
+            # What an over-the-air update pays: the delivery plane's zstd of the file.
+            "wire_bytes": len(compress(data)),
+            **io_metrics,
+        }
         status = ArtifactStatus.APPROVED if ok else ArtifactStatus.REJECTED
         new.append(NewArtifact("tflite", str(precision), data, status, reason, metrics))
         report.attempts.append(
@@ -140,15 +192,29 @@ def quantize_version(
         return ok
 
     approved: dict[str, int] = {}
-    if judge(Precision.FLOAT32, float_model):
-        approved[str(Precision.FLOAT32)] = len(float_model)
+    if judge(Precision.FLOAT32, float_artifact):
+        approved[str(Precision.FLOAT32)] = len(float_artifact)
     for precision in FALLBACK_CHAIN:
         if precision is Precision.FLOAT32:
             continue  # judged above, as the reference every other precision is held to
         step(f"quantize to {precision}")
         try:
-            with native_output_captured():
-                data = quantize_tflite(float_model, precision, calibration)
+            if is_sequence:
+                best, tried = seq.best_form(
+                    float_model,
+                    precision,
+                    calibration,
+                    test_x,
+                    split.test_y,
+                    min_accuracy=float_acc - max_drop / 100.0,
+                )
+                forms.extend(r.to_dict() for r in tried)
+                if best is None:
+                    raise QuantizationError(f"every {precision} form failed: {tried}")
+                data = best
+            else:
+                with native_output_captured():
+                    data = quantize_tflite(float_model, precision, calibration)
         except QuantizationError as exc:
             report.attempts.append(Attempt(str(precision), "failed", str(exc)))
             log.warning("%s: %s", version.ref, exc)
@@ -158,13 +224,27 @@ def quantize_version(
     # The preferred precision (Precision's order: full int8 first) among the approved ones,
     # as the chain always chose; the publisher may still send another approved one (Q3).
     report.selected = min(approved, key=precision_rank) if approved else None
+    if is_sequence:  # full int8 can be larger or slower than float here: measured choice
+        report.selected = seq.choose_variant(
+            [
+                (
+                    a.precision,
+                    a.status is ArtifactStatus.APPROVED,
+                    len(a.data),
+                    float(a.metrics["latency_median_ms"]),
+                )
+                for a in new
+            ]
+        )
 
     summary = {
         "quantization": {
             "float_accuracy": float_acc,
             "max_drop": max_drop,
             "selected": report.selected,
+            **io_metrics,
             "attempts": [asdict(a) for a in report.attempts],
+            **({"sequence_forms": forms} if is_sequence else {}),
         }
     }
     stored = registry.add_artifacts(version.ref, new, metrics=summary)

@@ -1,8 +1,10 @@
 """The model zoo: shapes and class counts come from the data, never hard-coded.
 
 A :class:`ModelSpec` is everything needed to rebuild a model from its saved weights: the
-architecture (``cnn``, ``mlp`` or a user's ``module:function`` factory), the input shape
-of one sample and the class count. It is stored with every registry version.
+architecture (``cnn``, ``mlp``, ``resnet``, ``gru``, ``lstm``, ``transformer`` or a user's
+``module:function`` factory), the input shape of one sample, the class count and, for the
+built-in families, an optional width (how students are sized to a device class's budget).
+It is stored with every registry version.
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from cloud.training.resnet import ResNetTeacher
+from cloud.training.sequence_models import SEQUENCE_ARCHS, build_sequence_model
 from shared.errors import ModelSpecError
 
-BUILTIN_ARCHS = ("cnn", "mlp")
+IMAGE_ARCHS = ("cnn", "resnet")
+BUILTIN_ARCHS = ("cnn", "mlp", "resnet", *SEQUENCE_ARCHS)
 
 
 @dataclass(frozen=True)
@@ -25,19 +30,25 @@ class ModelSpec:
     """How to build a model.
 
     Attributes:
-        arch: ``"cnn"``, ``"mlp"`` or ``"package.module:function"``.
-        input_shape: One sample's shape: ``(C, H, W)`` or ``(F,)``.
+        arch: One of :data:`BUILTIN_ARCHS` or ``"package.module:function"``.
+        input_shape: One sample's shape: ``(C, H, W)``, ``(T, F)`` or ``(F,)``.
         num_classes: Output logits.
+        width: Size knob of a built-in family (``cnn``: first conv channels, default 16;
+            ``resnet``: stem channels, default 64; ``gru``/``lstm``: hidden units and
+            ``transformer``: model dimension, default 64). ``None`` is the default.
     """
 
     arch: str
     input_shape: tuple[int, ...]
     num_classes: int
+    width: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
+        """JSON-ready form (``width`` only when set, so older records read the same)."""
         d = asdict(self)
         d["input_shape"] = list(self.input_shape)
+        if self.width is None:
+            del d["width"]
         return d
 
     @classmethod
@@ -47,12 +58,14 @@ class ModelSpec:
             arch=str(data["arch"]),
             input_shape=tuple(int(d) for d in data["input_shape"]),
             num_classes=int(data["num_classes"]),
+            width=None if data.get("width") is None else int(data["width"]),
         )
 
 
 def default_arch(input_shape: tuple[int, ...]) -> str:
-    """``cnn`` for images ``(C, H, W)``, ``mlp`` for feature vectors ``(F,)``."""
-    return "cnn" if len(input_shape) == 3 else "mlp"
+    """``cnn`` for images ``(C, H, W)``, ``gru`` for sequences ``(T, F)``, ``mlp`` for
+    feature vectors ``(F,)``."""
+    return {3: "cnn", 2: "gru"}.get(len(input_shape), "mlp")
 
 
 class CompactCNN(nn.Module):
@@ -62,12 +75,12 @@ class CompactCNN(nn.Module):
     network serves 28x28 MNIST and 8x8 digits.
     """
 
-    def __init__(self, input_shape: tuple[int, int, int], num_classes: int) -> None:
+    def __init__(self, input_shape: tuple[int, int, int], num_classes: int, base: int = 16) -> None:
         super().__init__()
         channels, height, width = input_shape
         layers: list[nn.Module] = []
         c_in = channels
-        for c_out in (16, 32):
+        for c_out in (base, 2 * base):
             layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU()]
             if min(height, width) >= 4:
                 layers.append(nn.MaxPool2d(2))
@@ -76,10 +89,10 @@ class CompactCNN(nn.Module):
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(c_in * height * width, 64),
+            nn.Linear(c_in * height * width, 4 * base),
             nn.ReLU(),
             nn.Dropout(0.2),
-            nn.Linear(64, num_classes),
+            nn.Linear(4 * base, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -114,11 +127,25 @@ def build_model(spec: ModelSpec) -> nn.Module:
     """
     if spec.num_classes < 2:
         raise ModelSpecError(f"num_classes must be >= 2, got {spec.num_classes}")
-    if spec.arch == "cnn":
+    if spec.width is not None and spec.width < 1:
+        raise ModelSpecError(f"width must be >= 1, got {spec.width}")
+    if spec.arch in IMAGE_ARCHS:
         if len(spec.input_shape) != 3:
-            raise ModelSpecError(f"cnn needs image inputs (C,H,W), got {spec.input_shape}")
+            raise ModelSpecError(
+                f"{spec.arch} needs image inputs (C,H,W), got {spec.input_shape}; for "
+                "(T, F) series use gru, lstm or transformer, or read them as images"
+            )
         c, h, w = spec.input_shape
-        return CompactCNN((c, h, w), spec.num_classes)
+        if spec.arch == "resnet":
+            return ResNetTeacher((c, h, w), spec.num_classes, width=spec.width or 64)
+        return CompactCNN((c, h, w), spec.num_classes, base=spec.width or 16)
+    if spec.arch in SEQUENCE_ARCHS:
+        if len(spec.input_shape) != 2:
+            raise ModelSpecError(
+                f"{spec.arch} needs sequence inputs (T, F), got {spec.input_shape}"
+            )
+        t, f = spec.input_shape
+        return build_sequence_model(spec.arch, (t, f), spec.num_classes, spec.width)
     if spec.arch == "mlp":
         return MLP(math.prod(spec.input_shape), spec.num_classes)
     if ":" in spec.arch:

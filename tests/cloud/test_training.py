@@ -92,8 +92,8 @@ def test_bad_user_factories(user_module: str, func: str, message: str) -> None:
 
 
 def test_unknown_arch_and_module() -> None:
-    with pytest.raises(ModelSpecError, match="unknown model 'resnet'"):
-        build_model(ModelSpec("resnet", (1, 8, 8), 10))
+    with pytest.raises(ModelSpecError, match="unknown model 'vgg'"):
+        build_model(ModelSpec("vgg", (1, 8, 8), 10))
     with pytest.raises(ModelSpecError, match="cannot import 'no_such_module_x'"):
         build_model(ModelSpec("no_such_module_x:f", (1, 8, 8), 10))
     with pytest.raises(ModelSpecError, match="cnn needs image inputs"):
