@@ -63,12 +63,27 @@ def federate_cmd(
     max_drop: Annotated[float, typer.Option(help="int8 accuracy budget in points.")] = 1.0,
     seed: Annotated[int, typer.Option()] = 0,
     num_cpus: Annotated[int, typer.Option(min=1, help="CPUs the simulation may use.")] = 2,
-    secagg: Annotated[
-        bool | None,
+    secagg_choice: Annotated[
+        str | None,
         typer.Option(
-            "--secagg/--no-secagg",
-            help="Secure aggregation (SecAgg+); default on for fedavg, fedprox and fedadam.",
+            "--secagg",
+            envvar="FEDGE_SECAGG",
+            help="Secure aggregation: fedge (ours: full-strength masks, packed uploads), "
+            "flower (Flower's SecAgg+) or off; default fedge for fedavg/fedprox, flower for "
+            "fedadam, off for robust strategies.",
         ),
+    ] = None,
+    no_secagg: Annotated[bool, typer.Option("--no-secagg", help="Same as --secagg off.")] = False,
+    max_examples: Annotated[
+        int | None,
+        typer.Option(min=1, help="Cap on a client's num_examples weight (default 2x mean)."),
+    ] = None,
+    max_delta_norm: Annotated[
+        float, typer.Option(help="L2 bound on client deltas (0 disables).")
+    ] = defaults.MAX_DELTA_NORM,
+    dp_noise: Annotated[
+        float | None,
+        typer.Option(help="Central DP noise multiplier (fedge secagg); reports epsilon."),
     ] = None,
     secagg_timeout: Annotated[
         float, typer.Option(help="Seconds each SecAgg+ stage waits for devices.")
@@ -97,6 +112,7 @@ def federate_cmd(
     and the server's answer is printed; a coordinator that cannot start runs answers with a
     problem (``not_implemented``), printed as an error (exit 2).
     """
+    secagg, secagg_impl = _secagg_choice(secagg_choice, no_secagg)
     if api:
         wanted: dict[str, Any] = {
             "data": data,
@@ -136,7 +152,8 @@ def federate_cmd(
             return
         out_console.print(
             f"round {r.round}: accuracy {r.accuracy:.2%} loss {r.loss:.4f} "
-            f"participants {r.participants} (rejected {r.rejected}, failed {r.failed}) "
+            f"participants {r.participants} (rejected {r.rejected}, failed {r.failed}, "
+            f"capped {r.capped}) "
             f"up {r.bytes_up:,} B down {r.bytes_down:,} B {r.seconds:.1f}s → {r.version}"
         )
 
@@ -164,6 +181,10 @@ def federate_cmd(
             seed=seed,
             secagg=secagg,
             secagg_timeout=secagg_timeout,
+            secagg_impl=secagg_impl,
+            max_examples=max_examples,
+            max_delta_norm=max_delta_norm or None,
+            dp_noise_multiplier=dp_noise,
         )
         if engine not in ENGINES:
             raise typer.BadParameter("use simulation or deployment", param_hint="--engine")
@@ -195,6 +216,17 @@ def federate_cmd(
         f"run {result.run_id}: best {result.best_version}; "
         f"quantized {q.get('selected') or 'no'}; deployable {result.deployable}"
     )
+
+
+def _secagg_choice(choice: str | None, off: bool) -> tuple[bool | None, str | None]:
+    """``--secagg``/``--no-secagg`` → (plan.secure_aggregation, plan.secagg_impl)."""
+    if off or choice == "off":
+        return False, None
+    if choice is None:
+        return None, None
+    if choice not in ("fedge", "flower"):
+        raise typer.BadParameter("use fedge, flower or off", param_hint="--secagg")
+    return True, choice
 
 
 def _federate_remote(api: str, token: str | None, plan: dict[str, Any], json_out: bool) -> None:
@@ -231,6 +263,10 @@ def build_plan(
     secagg: bool | None = None,
     secagg_timeout: float = 120.0,
     run_id: str | None = None,
+    secagg_impl: str | None = None,
+    max_examples: int | None = None,
+    max_delta_norm: float | None = defaults.MAX_DELTA_NORM,
+    dp_noise_multiplier: float | None = None,
 ) -> FederationPlan:
     """The :class:`FederationPlan` of ``fedge cloud federate``'s options (same names, same
     defaults); also what ``POST /v1/federation/runs`` runs (``cloud.api.federation_jobs``).
@@ -265,6 +301,10 @@ def build_plan(
         max_drop=max_drop,
         secure_aggregation=secagg,
         secagg_timeout=secagg_timeout,
+        secagg_impl=secagg_impl,  # None: fedge, Flower's for FedAdam (plan.secagg_kind)
+        max_examples=max_examples,
+        max_delta_norm=max_delta_norm,
+        dp_noise_multiplier=dp_noise_multiplier,
         **extra,
     )
 

@@ -1,7 +1,9 @@
-"""Default client-training hyper-parameters: the one place the CLI, the plan and the
-benchmark take them from.
+"""Default client-training hyper-parameters for the CLI, the plan and the benchmark.
 
-Import-light on purpose (no torch, no Flower) so ``fedge --help`` can show them.
+They are the learning contract's defaults (:mod:`shared.protocol.learning`), re-exported so
+the coordinator and the devices can never disagree again (they did: 2 epochs x batch 16
+here, 1 x 32 on the device). Import-light on purpose (no torch, no Flower) so
+``fedge --help`` can show them.
 
 Tuned on the issue's benchmark (mnist-5k, 10 clients, Dirichlet α = 0.3, 20 rounds x 2
 local epochs; ``benchmarks/federated.py``): smaller local batches (more SGD steps per
@@ -12,13 +14,24 @@ momentum 0.9 and a fresh momentum buffer every round (``edge.learning.local``).
 
 from __future__ import annotations
 
+from shared.protocol.learning import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_LOCAL_EPOCHS,
+    DEFAULT_LR,
+    DEFAULT_LR_DECAY,
+    DEFAULT_MAX_DELTA_NORM,
+    DEFAULT_PROXIMAL_MU,
+)
+
 #: Passes over the local data per round.
-LOCAL_EPOCHS = 2
+LOCAL_EPOCHS = DEFAULT_LOCAL_EPOCHS
 #: Client SGD learning rate in round 1.
-LR = 0.05
+LR = DEFAULT_LR
 #: Round ``r`` trains with ``LR * LR_DECAY ** (r - 1)``.
-LR_DECAY = 0.95
+LR_DECAY = DEFAULT_LR_DECAY
 #: Client mini-batch size.
-BATCH_SIZE = 16
+BATCH_SIZE = DEFAULT_BATCH_SIZE
 #: FedProx proximal weight.
-PROXIMAL_MU = 0.01
+PROXIMAL_MU = DEFAULT_PROXIMAL_MU
+#: L2 bound on a client's delta (on by default; ``FederationPlan.max_delta_norm``).
+MAX_DELTA_NORM = DEFAULT_MAX_DELTA_NORM

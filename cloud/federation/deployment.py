@@ -36,9 +36,8 @@ from cloud.federation.deployed_app import (
     result_from_dict,
 )
 from cloud.federation.plan import FederationPlan, FederationResult, RoundReport
-from cloud.federation.secagg import DEFAULT_SECAGG_CLIENT_APP
 from cloud.federation.server import RoundCallback
-from cloud.federation.simulation import DEFAULT_CLIENT_APP, FederationError
+from cloud.federation.simulation import DEFAULT_CLIENT_APP, FederationError, secure_client_app
 from cloud.federation.superlink import FlowerCli, SuperLinkProcess, SuperLinkTls
 from cloud.fleet.credentials import database_key_home, open_fleet_store
 from cloud.keyfiles import write_private, write_public
@@ -224,7 +223,7 @@ def run_deployed_federation(
         FederationError: the run failed, the SuperLink died, or the timeout passed.
     """
     if client_app is None:
-        client_app = DEFAULT_SECAGG_CLIENT_APP if plan.uses_secagg else DEFAULT_CLIENT_APP
+        client_app = secure_client_app(plan) or DEFAULT_CLIENT_APP
     run_dir = workdir / plan.run_id
     events = run_dir / "events.jsonl"
     write_flower_app(

@@ -14,6 +14,11 @@ A reply is rejected (logged, counted, left out of the aggregate; the round goes 
 * its tensors do not match the global model's names and shapes;
 * it holds NaN or infinity, or its L2 norm exceeds ``max_delta_norm``.
 
+Bounded influence: ``num_examples`` is the FedAvg weight and the client chooses it, so a
+claim above ``max_examples`` is aggregated as exactly ``max_examples`` (and counted in
+``RoundTraffic.capped``): a client reporting 10^12 examples weighs what an honest client
+at the cap weighs, never more.
+
 With :class:`UpdateKeys` (required for trimmed-mean/median, which see individual updates)
 every update must also arrive sealed to the coordinator and signed by an enrolled device
 (:mod:`shared.crypto.sealed_update`); it is opened and verified *before* decoding, and
@@ -39,6 +44,7 @@ from shared.crypto import PrivateKey, VerifyKey
 from shared.crypto.seal import SEAL_OVERHEAD
 from shared.crypto.sealed_update import SIGNATURE_BYTES, open_update
 from shared.errors import FedgeError, SecurityError
+from shared.protocol.learning import LearningContractError, update_reply_from_records
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +67,9 @@ class RoundTraffic:
         bytes_down: Global weights sent (float32) to all sampled clients.
         bytes_up: Update payload bytes received, accepted or not.
         raw_bytes_up: What the accepted updates would have cost as float32.
+        capped: Accepted updates whose ``num_examples`` claim exceeded the round's cap
+            (aggregated with the cap as their weight).
+        clipped: Updates clipped to the norm bound (fedge SecAgg: reported by devices).
     """
 
     sampled: int = 0
@@ -70,6 +79,8 @@ class RoundTraffic:
     bytes_down: int = 0
     bytes_up: int = 0
     raw_bytes_up: int = 0
+    capped: int = 0
+    clipped: int = 0
 
 
 @dataclass(frozen=True)
@@ -93,6 +104,7 @@ class UpdateGuard(Strategy):
         run_id: Stamped into every train config; replies must echo it.
         max_update_bytes: Largest accepted payload; ``None`` allows 1.1x float32 size.
         max_delta_norm: Largest accepted L2 norm of a delta; ``None`` disables the check.
+        max_examples: Cap on the ``num_examples`` weight; ``None`` leaves it uncapped.
         keys: Require sealed, signed updates and open them with these keys.
         round_config: Per-round train-config entries (e.g. the decayed learning rate),
             merged into the config before each round's messages go out.
@@ -107,8 +119,10 @@ class UpdateGuard(Strategy):
         max_delta_norm: float | None = None,
         keys: UpdateKeys | None = None,
         round_config: Callable[[int], Mapping[str, Any]] | None = None,
+        max_examples: int | None = None,
     ) -> None:
         self.inner = inner
+        self.max_examples = max_examples
         self.round_config = round_config
         self.keys = keys
         self._senders: set[str] = set()
@@ -203,14 +217,17 @@ class UpdateGuard(Strategy):
             update["payload"] = self._open(server_round, update, limit)
         if not isinstance(update.get("payload"), bytes):
             raise RejectedUpdateError("reply has no update payload or metrics")
-        if update.get("run-id") != self.run_id or update.get("server-round") != server_round:
+        try:
+            reply = update_reply_from_records(update, metrics)
+        except LearningContractError as exc:
+            raise RejectedUpdateError(exc.message) from exc
+        if reply.run_id != self.run_id or reply.server_round != server_round:
             raise RejectedUpdateError(
-                f"update for run {update.get('run-id')!r} round {update.get('server-round')!r} "
+                f"update for run {reply.run_id!r} round {reply.server_round} "
                 f"replayed into run {self.run_id!r} round {server_round}"
             )
-        examples = metrics.get("num-examples")
-        if not isinstance(examples, int) or examples < 1:
-            raise RejectedUpdateError(f"num-examples must be a positive int, got {examples!r}")
+        examples = reply.num_examples
+        capped = self.max_examples is not None and examples > self.max_examples
         payload = cast(bytes, update["payload"])
         if len(payload) > limit:
             raise RejectedUpdateError(f"update of {len(payload)} bytes exceeds {limit}")
@@ -223,14 +240,21 @@ class UpdateGuard(Strategy):
         except MalformedUpdateError as exc:
             raise RejectedUpdateError(f"undecodable update: {exc.message}") from exc
         self.check_delta(delta)
+        if capped:
+            assert self.max_examples is not None
+            log.warning(
+                "round %d: num-examples %d over the cap %d; weighted as the cap",
+                server_round,
+                examples,
+                self.max_examples,
+            )
+            examples = self.max_examples
+            self.traffic.setdefault(server_round, RoundTraffic()).capped += 1
         restored = {
             k: Array(np.asarray(self._global[k] + delta[k], dtype=self._global[k].dtype))
             for k in self._global
         }
-        loss = metrics.get("train-loss", 0.0)
-        slim = MetricRecord(
-            {"num-examples": examples, "train-loss": loss if isinstance(loss, float) else 0.0}
-        )
+        slim = MetricRecord({"num-examples": examples, "train-loss": reply.train_loss})
         return (
             RecordDict({"arrays": ArrayRecord(restored), "metrics": slim}),
             _payload_size(content),

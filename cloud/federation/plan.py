@@ -11,6 +11,9 @@ from cloud.federation.strategies import ROBUST, Participation
 from shared.compression import UpdateMode
 from shared.errors import ConfigError
 
+#: The secure-aggregation implementations ``--secagg`` accepts.
+SECAGG_IMPLS = ("fedge", "flower")
+
 
 @dataclass(frozen=True)
 class FederationPlan:
@@ -39,12 +42,30 @@ class FederationPlan:
         quantize: Quantize the best round's model at the end.
         max_drop: Accuracy budget, in points, for the int8 model.
         max_update_bytes: Largest accepted update (default 1.1x the float32 model).
-        max_delta_norm: Largest accepted update L2 norm (default: unchecked).
+        max_delta_norm: L2 bound on a client's delta, on by default
+            (:data:`cloud.federation.defaults.MAX_DELTA_NORM`); the plain path rejects a
+            delta over it, under fedge SecAgg the device clips to it (the server cannot see
+            individual updates); ``None`` disables it.
+        max_examples: Cap on a client's ``num_examples`` (its FedAvg weight); a client
+            claiming more is weighted as if it had exactly the cap, and counted. ``None``:
+            twice the mean partition (``2 * train size / num_clients``).
         run_id: Identifies the run in lineage and in every update (default random).
         secure_aggregation: Run rounds under SecAgg+ (``None``: on for FedAvg, FedProx and
             FedAdam; robust strategies need individual updates and cannot use it).
         secagg_timeout: Seconds each SecAgg+ stage waits for replies before treating the
             silent devices as dropped.
+        secagg_impl: ``fedge`` (ours: full-strength PRG masks, packed, modulus sized to
+            the round; :mod:`cloud.federation.secagg_fedge`) or ``flower`` (Flower 1.41's
+            SecAgg+, kept for comparison); ``None``: fedge, except ``flower`` for FedAdam
+            (see :attr:`secagg_kind`).
+        secagg_bits: Quantization bits per weighted delta value under fedge SecAgg.
+        secagg_clip: Per-value clipping range ``c`` of the weighted delta under fedge
+            SecAgg. Measured on the benchmark (mnist-5k, 10 clients): the 99.9th percentile
+            of ``|w * delta|`` in round 1 is 0.05-0.2; ``c = 0.05`` cost 1.5 points after 5
+            rounds, ``c = 0.15`` matched fp32 (step ``2c / 255 = 1.2e-3``, unbiased).
+        dp_noise_multiplier: Central DP (fedge SecAgg): Gaussian noise of std
+            ``z * max_delta_norm`` added to the unmasked sum each round; ``None``: off.
+        dp_delta: The δ the run's ε is reported at.
     """
 
     data: str = "digits"
@@ -68,12 +89,32 @@ class FederationPlan:
     quantize: bool = True
     max_drop: float = 1.0
     max_update_bytes: int | None = None
-    max_delta_norm: float | None = None
+    max_delta_norm: float | None = defaults.MAX_DELTA_NORM
+    max_examples: int | None = None
     run_id: str = field(default_factory=lambda: f"run-{uuid.uuid4().hex[:10]}")
     secure_aggregation: bool | None = None
     secagg_timeout: float = 120.0
+    secagg_impl: str | None = None
+    secagg_bits: int = 8
+    secagg_clip: float = 0.15
+    dp_noise_multiplier: float | None = None
+    dp_delta: float = 1e-5
 
     def __post_init__(self) -> None:
+        if self.secagg_impl is not None and self.secagg_impl not in SECAGG_IMPLS:
+            raise ConfigError(f"unknown secagg {self.secagg_impl!r}; use one of {SECAGG_IMPLS}")
+        if not 1 <= self.secagg_bits <= 24 or self.secagg_clip <= 0:
+            raise ConfigError("secagg_bits must be in [1, 24] and secagg_clip positive")
+        if self.uses_secagg and self.secagg_impl == "fedge" and self.strategy == "fedadam":
+            # fedge SecAgg averages deltas; FedAdam's server optimizer runs on Flower's.
+            raise ConfigError("fedadam runs under --secagg flower (fedge SecAgg: fedavg/fedprox)")
+        if self.max_examples is not None and self.max_examples < 1:
+            raise ConfigError("max_examples must be positive")
+        if self.dp_noise_multiplier is not None:
+            if self.dp_noise_multiplier <= 0 or self.max_delta_norm is None:
+                raise ConfigError("central DP needs a positive noise multiplier and a norm bound")
+            if self.secagg_kind != "fedge":
+                raise ConfigError("central DP runs with fedge secure aggregation only")
         if self.secure_aggregation and self.strategy in ROBUST:
             raise ConfigError(
                 f"{self.strategy} needs individual updates, so it cannot run under SecAgg+"
@@ -86,6 +127,15 @@ class FederationPlan:
     def lr_at(self, server_round: int) -> float:
         """The client learning rate for ``server_round`` (1-based)."""
         return self.lr * self.lr_decay ** max(0, server_round - 1)
+
+    @property
+    def secagg_kind(self) -> str | None:
+        """``fedge`` or ``flower`` when rounds run securely, else ``None``."""
+        if not self.uses_secagg:
+            return None
+        if self.secagg_impl is not None:
+            return self.secagg_impl
+        return "flower" if self.strategy == "fedadam" else "fedge"
 
     @property
     def uses_secagg(self) -> bool:
@@ -110,6 +160,8 @@ class RoundReport:
     raw_bytes_up: int
     seconds: float
     version: str | None
+    capped: int = 0
+    epsilon: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -127,6 +179,9 @@ class FederationResult:
     best_version: str | None = None
     quantization: dict[str, Any] | None = None
     deployable: bool = False
+    secure_aggregation: str | None = None
+    epsilon: float | None = None
+    delta: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""

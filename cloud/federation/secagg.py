@@ -1,4 +1,8 @@
-"""SecAgg+ rounds: the coordinator only ever sees the *sum* of the devices' masked updates.
+"""Flower's SecAgg+ rounds (``--secagg flower``): the coordinator sees only the masked sum.
+
+This is Flower 1.41's implementation, kept selectable for comparison; the default is ours,
+fedge SecAgg (:mod:`cloud.federation.secagg_fedge`), which fixes the two caveats below
+(full-strength masks; packed uploads at ~0.4x float32 instead of ~2x).
 
 Flower 1.41's ``SecAggPlusWorkflow`` runs only inside the legacy ``DefaultWorkflow`` with a
 legacy (``FitIns``/``FitRes``) strategy, so this path builds that stack around the same
@@ -98,6 +102,7 @@ class FederationRunner(Protocol):
     initial: ArrayRecord
     traffic: dict[int, RoundTraffic]
     error: BaseException | None
+    max_examples: int
 
     def train_config(self, server_round: int = 1) -> ConfigRecord:
         """The round's training configuration."""

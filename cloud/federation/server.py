@@ -10,6 +10,7 @@ round it evaluates the new global model on the held-out split, stores it in the 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +29,7 @@ from cloud.training import ModelSpec, build_model, default_arch, evaluate_torch
 from cloud.training.serialize import model_from_bytes, model_to_bytes
 from shared.compression import UPDATE_MODES
 from shared.errors import ConfigError, FedgeError
+from shared.protocol.learning import TrainInstruction, train_instruction_to_config
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,10 @@ class FederationRunner:
             if plan.init_version
             else f"{self.spec.arch}-{self.dataset.name}-fl"
         )
+        # Bounded influence: the round's cap on a client's FedAvg weight (its claim).
+        self.max_examples = plan.max_examples or max(
+            1, math.ceil(2 * len(self.split.train_y) / plan.num_clients)
+        )
         self.guard = UpdateGuard(
             make_strategy(plan.strategy, plan.participation, proximal_mu=plan.proximal_mu),
             run_id=plan.run_id,
@@ -99,6 +105,7 @@ class FederationRunner:
             max_delta_norm=plan.max_delta_norm,
             keys=update_keys,
             round_config=lambda server_round: {"lr": plan.lr_at(server_round)},
+            max_examples=self.max_examples,
         )
         # Per-round traffic: filled by the guard (plain path) or the SecAgg+ grid.
         self.traffic: dict[int, RoundTraffic] = self.guard.traffic
@@ -108,22 +115,48 @@ class FederationRunner:
         self._best: tuple[float, str] | None = None
         self._round_started = time.perf_counter()
 
+    @property
+    def secagg_name(self) -> str | None:
+        """``fedge-secagg`` / ``flower-secagg+`` when rounds run securely, else ``None``."""
+        kind = self.plan.secagg_kind
+        if kind is None:
+            return None
+        return "fedge-secagg" if kind == "fedge" else "flower-secagg+"
+
+    def epsilon_at(self, server_round: int) -> float | None:
+        """The run's (ε, plan.dp_delta) after ``server_round`` rounds, with central DP on."""
+        if self.plan.dp_noise_multiplier is None:
+            return None
+        from cloud.federation.privacy import gaussian_epsilon
+
+        return gaussian_epsilon(self.plan.dp_noise_multiplier, server_round, self.plan.dp_delta)
+
     def train_config(self, server_round: int = 1) -> ConfigRecord:
-        """What every client is told in ``server_round``: model spec, hyper-parameters
-        (the learning rate follows the plan's per-round decay), compression."""
-        config: dict[str, Any] = {
-            "arch": self.spec.arch,
-            "input-shape": list(self.spec.input_shape),
-            "num-classes": self.spec.num_classes,
-            "local-epochs": self.plan.local_epochs,
-            "lr": self.plan.lr_at(server_round),
-            "batch-size": self.plan.batch_size,
-            "update-mode": self.plan.update_mode,
-            "topk-fraction": self.plan.topk_fraction,
-            "error-feedback": self.plan.update_mode == "topk",
-            **self.extra_train_config,
-        }
-        return ConfigRecord(config)
+        """What every client is told in ``server_round`` (the learning contract's
+        :class:`~shared.protocol.learning.TrainInstruction`): model spec, hyper-parameters
+        (the learning rate follows the plan's per-round decay), compression and bounds."""
+        instruction = TrainInstruction.model_validate(
+            {
+                "run-id": self.plan.run_id,
+                "server-round": server_round,
+                "arch": self.spec.arch,
+                "input-shape": tuple(self.spec.input_shape),
+                "num-classes": self.spec.num_classes,
+                "local-epochs": self.plan.local_epochs,
+                "lr": float(self.plan.lr_at(server_round)),
+                "batch-size": self.plan.batch_size,
+                "proximal-mu": float(self.plan.proximal_mu)
+                if self.plan.strategy == "fedprox"
+                else 0.0,
+                "update-mode": self.plan.update_mode,
+                "topk-fraction": float(self.plan.topk_fraction),
+                "error-feedback": self.plan.update_mode == "topk",
+                "max-examples": self.max_examples,
+                "max-delta-norm": self.plan.max_delta_norm,
+                **self.extra_train_config,
+            }
+        )
+        return train_instruction_to_config(instruction)
 
     def evaluate(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         """Evaluate a global model on the held-out split; store and report rounds >= 1."""
@@ -161,8 +194,10 @@ class FederationRunner:
             "bytes_up": traffic.bytes_up,
             "bytes_down": traffic.bytes_down,
             # Under SecAgg+ devices upload masked deltas; update_mode then does not apply.
-            "update_mode": "secagg+" if self.plan.uses_secagg else self.plan.update_mode,
+            "update_mode": self.secagg_name or self.plan.update_mode,
             "secure_aggregation": self.plan.uses_secagg,
+            "capped": traffic.capped,
+            "clipped": traffic.clipped,
         }
         version = self.registry.create_version(
             self.model_name,
@@ -189,6 +224,8 @@ class FederationRunner:
             raw_bytes_up=traffic.raw_bytes_up,
             seconds=seconds,
             version=version.ref,
+            capped=traffic.capped,
+            epsilon=self.epsilon_at(server_round),
         )
 
     def run(self, grid: Grid) -> FederationResult:
@@ -206,6 +243,10 @@ class FederationRunner:
 
     def finish(self) -> FederationResult:
         """Pick the best round and quantize it if asked (both round drivers end here)."""
+        self.result.secure_aggregation = self.secagg_name
+        if self.plan.dp_noise_multiplier is not None:
+            self.result.epsilon = self.epsilon_at(len(self.result.rounds))
+            self.result.delta = self.plan.dp_delta
         if self._best is not None:
             self.result.best_version = self._best[1]
             if self.plan.quantize:
@@ -232,6 +273,10 @@ class FederationRunner:
         Message-API strategy. Flower runs the ServerApp in its own thread and only logs
         what it raises, so the exception is stored for the caller to re-raise.
         """
+        if self.plan.secagg_kind == "fedge":
+            from cloud.federation.secure_rounds import fedge_secagg_server_app
+
+            return fedge_secagg_server_app(self)
         if self.plan.uses_secagg:
             from cloud.federation.secagg import secagg_server_app
 

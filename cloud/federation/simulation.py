@@ -20,6 +20,7 @@ from cloud.federation.partition import partition
 from cloud.federation.plan import FederationPlan, FederationResult
 from cloud.federation.sealing import enroll_simulated_devices
 from cloud.federation.secagg import DEFAULT_SECAGG_CLIENT_APP
+from cloud.federation.secure_rounds import FEDGE_SECAGG_CLIENT_APP
 from cloud.federation.server import FederationRunner, RoundCallback
 from cloud.federation.strategies import ROBUST
 from cloud.registry import Registry
@@ -47,6 +48,13 @@ def load_client_app(reference: str) -> object:
         return getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"cannot load ClientApp {reference!r}: {exc}") from exc
+
+
+def secure_client_app(plan: FederationPlan) -> str | None:
+    """The ClientApp reference a secure plan's devices run (``None``: not secure)."""
+    if plan.secagg_kind is None:
+        return None
+    return FEDGE_SECAGG_CLIENT_APP if plan.secagg_kind == "fedge" else DEFAULT_SECAGG_CLIENT_APP
 
 
 def write_partitions(runner: FederationRunner, directory: Path) -> list[int]:
@@ -88,7 +96,7 @@ def run_simulated_federation(
     from flwr.simulation import run_simulation
 
     if client_app is None:
-        client_app = DEFAULT_SECAGG_CLIENT_APP if plan.uses_secagg else DEFAULT_CLIENT_APP
+        client_app = secure_client_app(plan) or DEFAULT_CLIENT_APP
     app = load_client_app(client_app)
     with tempfile.TemporaryDirectory(prefix="fedge-partitions-", dir=workdir) as tmp:
         extra: dict[str, Any] = {"partition-dir": tmp}

@@ -8,13 +8,11 @@ weights, train on local data, and reply with the *delta* (local - global) compre
 * ``metrics`` (MetricRecord): ``num-examples``, ``train-loss``, ``raw-bytes``,
   ``payload-bytes``.
 
-Config keys read (all optional except the model spec): ``arch``, ``input-shape``,
-``num-classes``, ``local-epochs``, ``lr``, ``batch-size``, ``proximal-mu`` (FedProx),
-``update-mode`` (``fp32|int8|topk``), ``topk-fraction``, ``error-feedback``,
-``partition-dir`` (simulation only), ``run-id``, ``server-round``, ``seal-updates`` (robust
-strategies: the update goes as ``sealed`` + ``device-id`` instead of ``payload``, sealed to
-the coordinator and signed with the device key; see ``shared.crypto.sealed_update``) and
-``bundle-root`` (simulation only: where the virtual devices' bundles are).
+The config is a :class:`~shared.protocol.learning.TrainInstruction` and the reply an
+:class:`~shared.protocol.learning.UpdateReply` (``docs/protocol.md`` §17): keys, types and
+defaults live there, not here. With ``seal-updates`` (robust strategies) the update goes as
+``sealed`` + ``device-id`` instead of ``payload``, sealed to the coordinator and signed
+with the device key (``shared.crypto.sealed_update``).
 """
 
 from __future__ import annotations
@@ -33,9 +31,15 @@ from edge.keystore import load_device_keys
 from edge.learning.data import LocalData, load_local_data, partition_path
 from edge.learning.local import LocalTrainConfig, evaluate_local, train_local
 from edge.learning.models import LocalModelSpec, build_local_model
-from shared.compression import UPDATE_MODES, UpdateMode, encode_update
+from edge.learning.secagg_mod import fedge_secagg_mod
+from shared.compression import UpdateMode, encode_update
 from shared.crypto.sealed_update import seal_update
-from shared.numbers import parse_ascii_uint
+from shared.protocol.learning import (
+    TrainInstruction,
+    UpdateReply,
+    train_instruction_from_config,
+    update_reply_to_records,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,20 +73,9 @@ def device_bundle(context: Context, config: Mapping[str, Any]) -> Path:
 
 
 def model_spec(config: Mapping[str, Any]) -> LocalModelSpec:
-    """The architecture the server named in its train config.
-
-    ``input-shape`` is a list, or ``"1,8,8"`` from the legacy (SecAgg+) API, whose config
-    values must be scalars.
-    """
-    raw = config["input-shape"]
-    shape = (
-        [parse_ascii_uint(d, what="input-shape", max_value=1 << 20) for d in raw.split(",")]
-        if isinstance(raw, str)
-        else cast(list[int], raw)
-    )
-    return LocalModelSpec(
-        str(config["arch"]), tuple(int(d) for d in shape), int(cast(int, config["num-classes"]))
-    )
+    """The architecture the server named in its train config (see the learning contract)."""
+    instruction = train_instruction_from_config(config)
+    return LocalModelSpec(instruction.arch, instruction.input_shape, instruction.num_classes)
 
 
 def model_with(arrays: ArrayRecord, config: Mapping[str, Any]) -> nn.Module:
@@ -96,19 +89,12 @@ def model_with(arrays: ArrayRecord, config: Mapping[str, Any]) -> nn.Module:
 def train(msg: Message, context: Context) -> Message:
     """Fine-tune the global model locally and reply with a compressed delta."""
     config = cast(ConfigRecord, msg.content["config"])
+    instruction = train_instruction_from_config(config)
     arrays = cast(ArrayRecord, msg.content["arrays"])
     data = local_data(context, config)
     model = model_with(arrays, config)
-    server_round = int(cast(int, config.get("server-round", 0)))
     partition = int(cast(int, context.node_config.get("partition-id", 0)))
-    train_config = LocalTrainConfig(
-        epochs=int(cast(int, config.get("local-epochs", 1))),
-        batch_size=int(cast(int, config.get("batch-size", 32))),
-        lr=float(cast(float, config.get("lr", 0.05))),
-        proximal_mu=float(cast(float, config.get("proximal-mu", 0.0))),
-        seed=server_round * 1000 + partition,
-    )
-    loss = train_local(model, data, train_config)
+    loss = train_local(model, data, local_train_config(instruction, partition))
 
     global_state = arrays.to_numpy_ndarrays()
     names = list(arrays.keys())
@@ -117,20 +103,14 @@ def train(msg: Message, context: Context) -> Message:
         name: local_state[name].astype(np.float32) - g.astype(np.float32)
         for name, g in zip(names, global_state, strict=True)
     }
-    mode_name = str(config.get("update-mode", "int8"))
-    if mode_name not in UPDATE_MODES:
-        raise ValueError(f"unknown update-mode {mode_name!r}")
-    mode: UpdateMode = mode_name
-    use_feedback = bool(config.get("error-feedback", mode == "topk"))
+    mode: UpdateMode = instruction.update_mode
+    use_feedback = instruction.error_feedback
     residual = None
     if use_feedback and RESIDUAL_KEY in context.state:
         stored = cast(ArrayRecord, context.state[RESIDUAL_KEY])
         residual = dict(zip(stored.keys(), stored.to_numpy_ndarrays(), strict=True))
     encoded = encode_update(
-        delta,
-        mode=mode,
-        topk_fraction=float(cast(float, config.get("topk-fraction", 0.1))),
-        residual=residual,
+        delta, mode=mode, topk_fraction=instruction.topk_fraction, residual=residual
     )
     if use_feedback:
         context.state[RESIDUAL_KEY] = ArrayRecord(
@@ -138,37 +118,49 @@ def train(msg: Message, context: Context) -> Message:
         )
     log.info(
         "round %d: %d examples, loss %.4f, %d bytes up (%.2fx float32)",
-        server_round,
+        instruction.server_round,
         len(data),
         loss,
         len(encoded.payload),
         encoded.ratio,
     )
-    run_id = str(config.get("run-id", ""))
-    update = ConfigRecord({"mode": mode, "run-id": run_id, "server-round": server_round})
-    if config.get("seal-updates", False):
+    fields: dict[str, Any] = {
+        "run_id": instruction.run_id,
+        "server_round": instruction.server_round,
+        "mode": mode,
+        "num_examples": len(data),
+        # A diverged loss still reports; the server rejects the non-finite delta.
+        "train_loss": float(loss),
+        "raw_bytes": encoded.raw_bytes,
+        "payload_bytes": len(encoded.payload),
+    }
+    if instruction.seal_updates:
         # The server sees individual updates (robust strategy): seal and sign them.
         keys = load_device_keys(device_bundle(context, config))
-        update["device-id"] = keys.device_id
-        update["sealed"] = seal_update(
+        fields["device_id"] = keys.device_id
+        fields["sealed"] = seal_update(
             encoded.payload,
             coordinator=keys.coordinator_box,
             signer=keys.signing_key,
-            run_id=run_id,
-            server_round=server_round,
+            run_id=instruction.run_id,
+            server_round=instruction.server_round,
             device_id=keys.device_id,
         )
     else:
-        update["payload"] = encoded.payload
-    metrics = MetricRecord(
-        {
-            "num-examples": len(data),
-            "train-loss": loss,
-            "raw-bytes": encoded.raw_bytes,
-            "payload-bytes": len(encoded.payload),
-        }
-    )
+        fields["payload"] = encoded.payload
+    update, metrics = update_reply_to_records(UpdateReply(**fields))
     return Message(content=RecordDict({"update": update, "metrics": metrics}), reply_to=msg)
+
+
+def local_train_config(instruction: TrainInstruction, partition: int) -> LocalTrainConfig:
+    """Local SGD settings of an instruction; seeded by round and partition (reproducible)."""
+    return LocalTrainConfig(
+        epochs=instruction.local_epochs,
+        batch_size=instruction.batch_size,
+        lr=instruction.lr,
+        proximal_mu=instruction.proximal_mu,
+        seed=instruction.server_round * 1000 + partition,
+    )
 
 
 @app.evaluate()
@@ -180,3 +172,10 @@ def evaluate(msg: Message, context: Context) -> Message:
     accuracy, loss = evaluate_local(model, data)
     metrics = MetricRecord({"num-examples": len(data), "accuracy": accuracy, "loss": loss})
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+#: The same device logic under fedge SecAgg (``edge.learning.client_app:secure_app``): the
+#: mod runs the protocol and, in its masked-input stage, calls ``train`` above.
+secure_app = ClientApp(mods=[fedge_secagg_mod])
+secure_app.train()(train)
+secure_app.evaluate()(evaluate)

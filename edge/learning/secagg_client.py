@@ -33,9 +33,10 @@ from flwr.app import Context
 from flwr.client import Client, ClientApp, NumPyClient
 from flwr.client.mod import secaggplus_mod
 
-from edge.learning.client_app import local_data, model_spec
-from edge.learning.local import LocalTrainConfig, train_local
+from edge.learning.client_app import local_data, local_train_config, model_spec
+from edge.learning.local import train_local
 from edge.learning.models import build_local_model
+from shared.protocol.learning import train_instruction_from_config
 
 log = logging.getLogger(__name__)
 
@@ -81,17 +82,10 @@ class SecAggTrainer(NumPyClient):
         model.load_state_dict(
             {n: _tensor(p) for n, p in zip(names, parameters, strict=True)}, strict=True
         )
-        server_round = int(cast(int, config.get("server-round", 0)))
+        instruction = train_instruction_from_config(config)
         partition = int(cast(int, self.context.node_config.get("partition-id", 0)))
-        # Legacy FedProx sends "proximal_mu"; our own config says "proximal-mu".
-        mu = config.get("proximal-mu", config.get("proximal_mu", 0.0))
-        train_config = LocalTrainConfig(
-            epochs=int(cast(int, config.get("local-epochs", 1))),
-            batch_size=int(cast(int, config.get("batch-size", 32))),
-            lr=float(cast(float, config.get("lr", 0.05))),
-            proximal_mu=float(cast(float, mu)),
-            seed=server_round * 1000 + partition,  # same seeding as the plain ClientApp
-        )
+        train_config = local_train_config(instruction, partition)  # same as the plain app
+        server_round = instruction.server_round
         loss = train_local(model, data, train_config)
         local = [v.detach().cpu().numpy().astype(np.float32) for v in model.state_dict().values()]
         delta = [w - g.astype(np.float32) for w, g in zip(local, parameters, strict=True)]

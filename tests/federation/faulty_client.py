@@ -14,6 +14,7 @@ from flwr.clientapp import ClientApp
 
 from edge.learning.client_app import evaluate as real_evaluate
 from edge.learning.client_app import train as real_train
+from edge.learning.secagg_mod import fedge_secagg_mod
 from shared.compression import encode_update
 
 app = ClientApp()
@@ -35,3 +36,10 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Unchanged."""
     return real_evaluate(msg, context)
+
+
+#: The same faulty device under fedge SecAgg (``tests.federation.faulty_client:secure_app``):
+#: its NaN delta must make it drop out before masking, on the device.
+secure_app = ClientApp(mods=[fedge_secagg_mod])
+secure_app.train()(train)
+secure_app.evaluate()(evaluate)

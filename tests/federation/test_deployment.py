@@ -142,7 +142,12 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
 
 
 def _plan(
-    run_id: str, *, round_timeout: float, min_clients: int, secagg: bool = False
+    run_id: str,
+    *,
+    round_timeout: float,
+    min_clients: int,
+    secagg: bool = False,
+    secagg_impl: str = "flower",
 ) -> FederationPlan:
     return FederationPlan(
         data="digits",
@@ -155,6 +160,7 @@ def _plan(
         quantize=False,
         secure_aggregation=secagg,
         secagg_timeout=round_timeout,
+        secagg_impl=secagg_impl,
         run_id=run_id,
     )
 
@@ -236,6 +242,69 @@ def test_secagg_plus_aggregate_over_the_superlink_is_the_weighted_mean(
             delta, examples, _ = SecAggTrainer(context).fit(before, config)
             updates.append((delta, examples))
         assert_weighted_mean_within_quantization_error(before, after, updates, server_round)
+
+
+def test_fedge_secagg_over_the_superlink_is_the_bounded_weighted_mean(
+    federation: Federation,
+) -> None:
+    """fedge SecAgg through the Deployment Engine: 3 TLS-authenticated SuperNodes running
+    ``edge.learning.client_app:secure_app``. Each round's model is the capped-weight mean of
+    the devices' deltas (recomputed here with the same deterministic local training) within
+    the 8-bit quantization bound, and the upload is under half the float32 size."""
+    streamed: list[RoundReport] = []
+    plan = _plan(
+        "run-deploy-fedge", round_timeout=120.0, min_clients=3, secagg=True, secagg_impl="fedge"
+    )
+    result = run_deployed_federation(
+        plan,
+        federation.superlink,
+        federation.location,
+        workdir=federation.workdir,
+        on_round=streamed.append,
+    )
+    assert [(r.round, r.participants, r.failed) for r in streamed] == [(1, 3, 0), (2, 3, 0)]
+    assert all(0 < r.bytes_up <= 0.5 * r.raw_bytes_up for r in streamed)
+    assert streamed[-1].accuracy > result.initial_accuracy + 0.2
+    runner = FederationRunner(plan, federation.registry)
+
+    def global_weights(server_round: int) -> list[np.ndarray]:
+        if server_round == 0:
+            return [a.numpy() for a in runner.initial.values()]
+        ref = streamed[server_round - 1].version
+        assert ref is not None
+        blob = federation.registry.read_artifact(
+            federation.registry.get_version(ref).artifact("torch", "fp32")
+        )
+        return [
+            v.detach().numpy() for v in model_from_bytes(runner.spec, blob).state_dict().values()
+        ]
+
+    levels, clip = (1 << plan.secagg_bits) - 1, plan.secagg_clip
+    for server_round in (1, 2):
+        before, after = global_weights(server_round - 1), global_weights(server_round)
+        config = dict(runner.train_config(server_round))
+        weighted, total = [np.zeros_like(b, np.float64) for b in before], 0.0
+        unclipped = [np.ones(b.shape, bool) for b in before]
+        for device in DEVICES:
+            context = Context(
+                run_id=0,
+                node_id=0,
+                node_config={"data-path": str(federation.data[device] / "train.npz")},
+                state=RecordDict(),
+                run_config={},
+            )
+            delta, examples, _ = SecAggTrainer(context).fit(before, config)
+            weight = min(examples, runner.max_examples) / runner.max_examples
+            total += weight
+            for i, d in enumerate(delta):
+                weighted[i] += weight * d
+                unclipped[i] &= np.abs(weight * d) <= clip
+        step = 2 * clip / levels
+        for i, (b, a) in enumerate(zip(before, after, strict=True)):
+            expected = b + weighted[i] / total
+            bound = (3 * step + np.abs(weighted[i]) * 1.5 / levels / total) / (total - 1.5 / levels)
+            ok = np.abs(a - expected) <= bound + 1e-6
+            assert np.all(ok[unclipped[i]]), (server_round, i)
 
 
 def _wait_for_log(path: Path, needle: str, count: int, timeout: float = 180.0) -> None:

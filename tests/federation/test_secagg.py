@@ -213,7 +213,9 @@ def test_cli_refuses_secagg_with_a_robust_strategy() -> None:
     def _noop() -> None:  # a second command keeps Typer in sub-command mode
         """Unused."""
 
-    out = CliRunner().invoke(app, ["federate", "--strategy", "median", "--secagg", "--json"])
+    out = CliRunner().invoke(
+        app, ["federate", "--strategy", "median", "--secagg", "fedge", "--json"]
+    )
     assert out.exit_code != 0
     assert "SecAgg" in out.output
 
@@ -230,6 +232,7 @@ def test_a_diverged_device_drops_out_and_the_secagg_round_completes(registry: Re
         local_epochs=2,
         quantize=False,
         secagg_timeout=60.0,
+        secagg_impl="flower",
     )
     streamed: list[RoundReport] = []
     result = run_simulated_federation(
