@@ -35,6 +35,8 @@ from cloud.api.errors import (
 from cloud.api.federation_jobs import FederationJobs
 from cloud.api.jobs import DeploymentJobs
 from cloud.api.routes import deployments, devices, federation, health, models, telemetry, tokens
+from cloud.api.routes import rollouts as rollout_routes
+from cloud.api.routes.dashboard import include_dashboard
 from cloud.broker import BrokerFiles
 from cloud.config import Settings
 from cloud.deployment.publisher import Publisher
@@ -175,6 +177,9 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes)
     for module in (devices, models, deployments, telemetry, federation, tokens, health):
         app.include_router(module.router)
+    app.include_router(rollout_routes.router)
+    app.include_router(rollout_routes.policies_router)
+    include_dashboard(app)  # the operator dashboard at / and its live updates
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
