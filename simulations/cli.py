@@ -36,8 +36,10 @@ def _build_app() -> typer.Typer:
     from cloud.cli.keys import keys_app
     from cloud.cli.pipeline import cloud_app, models_app
     from cloud.cli.publish import register as register_publish
+    from cloud.cli.rollout import register as register_rollout
     from cloud.cli.serve import serve_cmd
     from cloud.cli.tokens import token_app
+    from simulations.sim_cli import sim_app
 
     root = typer.Typer(
         name="fedge",
@@ -48,6 +50,7 @@ def _build_app() -> typer.Typer:
     register_publish(cloud_app)
     register_commands(cloud_app)
     register_federate(cloud_app)
+    register_rollout(cloud_app)
     cloud_app.add_typer(token_app, name="token")
     cloud_app.command("serve")(serve_cmd)
     root.add_typer(cloud_app, name="cloud")
@@ -56,8 +59,21 @@ def _build_app() -> typer.Typer:
     root.add_typer(keys_app, name="keys")
     root.add_typer(broker_app, name="broker")
     root.add_typer(edge_app, name="edge")
+    root.add_typer(sim_app, name="sim")
+    root.command(
+        "demo",
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+        add_help_option=False,
+    )(demo_cmd)
     root.callback()(main_callback)
     return root
+
+
+def demo_cmd(ctx: typer.Context) -> None:
+    """The whole lifecycle on a local fleet (``make demo``; ``fedge demo --help``)."""
+    from simulations.demo.main import main as demo_main
+
+    raise typer.Exit(demo_main(list(ctx.args)))
 
 
 def main_callback(
