@@ -349,8 +349,10 @@ def test_publish_remote_commits_like_the_local_publish(coordinator: Coordinator)
         "base_version",
         "precision",
         "artifact_id",
+        "choice",
     }
     assert report["devices"]["dev-a"]["precision"] == "int8"
+    assert report["devices"]["dev-a"]["choice"]["precision"] == "int8"
 
     human = remote(c, "cloud", "publish", "cnn@1", "-d", "dev-a,dev-b", role="operator")
     assert human.exit_code == 0, human.output
