@@ -68,4 +68,5 @@ def plan_of_request(request: FederationRunIn) -> FederationPlan:
         seed=request.seed,
         secagg=request.secagg,
         secagg_timeout=request.secagg_timeout,
+        secagg_impl=request.secagg_impl,
     )

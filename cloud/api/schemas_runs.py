@@ -173,6 +173,12 @@ class FederationRunIn(BaseModel):
         default=None,
         description="Secure aggregation (SecAgg+); default on for fedavg, fedprox, fedadam.",
     )
+    secagg_impl: Literal["fedge", "flower"] | None = Field(
+        default=None,
+        description="Which secure aggregation: `fedge` (full-strength PRG masks, packed "
+        "uploads; protocol §17) or `flower` (Flower 1.41's SecAgg+). Default: fedge, "
+        "Flower's for fedadam.",
+    )
     secagg_timeout: float = Field(default=120.0, gt=0, le=86400)
     engine: Literal["simulation", "deployment"] = "simulation"
 

@@ -102,6 +102,7 @@ def federate(api: ControlClient, stack: Stack, settings: DemoSettings, init: str
             "lr": 0.01,  # fine-tuning a trained model: a gentle step keeps what it knows
             "init": init,
             "secagg": settings.secagg,
+            "secagg_impl": "fedge" if settings.secagg else None,  # ours (protocol §17)
             "round_timeout": 300.0,
             "quantize": True,
         },

@@ -40,7 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=d.epochs, help="epochs of the first training")
     p.add_argument("--rounds", type=int, default=d.rounds, help="federated rounds")
     p.add_argument("--requests", type=int, default=d.requests, help="inference requests/device")
-    p.add_argument("--no-secagg", action="store_true", help="federate without SecAgg+")
+    p.add_argument(
+        "--no-secagg",
+        action="store_true",
+        help="federate without secure aggregation (fedge SecAgg by default)",
+    )
     p.add_argument("--bake", type=float, default=d.rollout_bake_s, help="rollout bake (s)")
     p.add_argument("--keep-running", action="store_true", help="stay up until Ctrl-C")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
