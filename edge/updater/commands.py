@@ -14,10 +14,10 @@ manifest applies from the moment that manifest verified, not from its commit (ru
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
-from edge.updater.install import Download, InstallSteps, reason_code
+from edge.updater.install import reason_code
 from edge.updater.state import UpdaterState
+from edge.updater.transfer import TransferSteps
 from shared.errors import FedgeError, ProtocolError
 from shared.protocol.codec import decode_message_as
 from shared.protocol.commands import Command, CommandAction, verify_command
@@ -34,19 +34,14 @@ class NotDownloadingError(FedgeError):
     code = "not_downloading"
 
 
-class CommandSteps(InstallSteps):
-    """Command handling; the host class provides the attributes below."""
+class CommandSteps(TransferSteps):
+    """Command handling; the host class provides the attributes below.
 
-    device_id: str
+    Built on :class:`~edge.updater.transfer.TransferSteps`: ``report_missing`` asks for the
+    download's missing chunks, and an expired download is dropped first (D2).
+    """
+
     groups: frozenset[str]
-    _download: Download | None
-    _now: Callable[[], float]
-
-    def _request_missing(self, dl: Download) -> bool:  # pragma: no cover - host provides
-        raise NotImplementedError
-
-    def _expire_overdue(self) -> bool:  # pragma: no cover - host provides
-        raise NotImplementedError
 
     def handle_command(self, payload: bytes) -> None:
         """A payload from ``devices/{id}/cmd`` or ``groups/{g}/cmd``: verify, then run it."""

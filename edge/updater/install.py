@@ -87,7 +87,7 @@ class InstallSteps:
         """``(path, version)`` of the committed model to serve, if any."""
         raise NotImplementedError
 
-    def _abandon(self, dl: Download) -> None:  # pragma: no cover - host provides
+    def _abandon(self, dl: Download) -> None:  # pragma: no cover - TransferSteps provides
         raise NotImplementedError
 
     def _trial(self, dl: Download, artifact: bytes) -> None:  # pragma: no cover - mixin
