@@ -36,6 +36,12 @@ class Settings(BaseSettings):
     max_accuracy_drop: float = Field(
         default=1.0, ge=0.0, description="Accuracy budget in percentage points for quantization."
     )
+    # Off by default: /metrics tells the fleet's size, versions and activity, so only a
+    # deployment whose port is protected otherwise (network policy, proxy) should open it.
+    metrics_public: bool = Field(
+        default=False,
+        description="Serve /metrics without a bearer token (FEDGE_METRICS_PUBLIC).",
+    )
 
     @property
     def resolved_database_url(self) -> str:

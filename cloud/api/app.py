@@ -175,8 +175,9 @@ def create_app(
         app.state.resources = resources
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes)
-    for module in (devices, models, deployments, telemetry, federation, tokens, health):
+    for module in (devices, models, deployments, telemetry, federation, tokens):
         app.include_router(module.router)
+    app.include_router(health.build_router(metrics_public=settings.metrics_public))
     app.include_router(rollout_routes.router)
     app.include_router(rollout_routes.policies_router)
     include_dashboard(app)  # the operator dashboard at / and its live updates

@@ -369,7 +369,7 @@ def test_metrics(api: Api) -> None:
         ]
     )
     api.client.get("/v1/devices", headers=api.auth("viewer"))
-    r = api.client.get("/metrics")
+    r = api.client.get("/metrics", headers=api.auth("viewer"))
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     text = r.text
     assert "fedge_devices{" in text
