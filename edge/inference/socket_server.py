@@ -88,6 +88,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+_SUN_PATH_MAX = 108
+"""``sizeof(sun_path)`` on Linux: a Unix socket path must be shorter."""
+
 _REFUSED_LOG_INTERVAL = 60.0
 
 
@@ -180,17 +183,27 @@ class SocketServer:
                 bound.
         """
         self._prepare_path()
+        # Bind and listen under a private name, then rename into place: a client that waits
+        # for the path to appear never finds a socket that is not listening yet (refused).
+        staging = self.path.with_name(f".{os.getpid()}.uds")
+        if len(os.fsencode(staging)) >= _SUN_PATH_MAX:
+            staging = self.path  # no room for a longer name: bind in place
+        staging.unlink(missing_ok=True)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)  # created 0600: no window with wider permissions
         try:
-            sock.bind(str(self.path))
+            sock.bind(str(staging))
+            os.chmod(staging, 0o600)
+            sock.listen(64)
+            if staging != self.path:
+                os.replace(staging, self.path)
         except OSError as exc:
             sock.close()
+            with contextlib.suppress(OSError):
+                staging.unlink()
             raise ConfigError(f"cannot bind {self.path}: {exc.strerror}") from exc
         finally:
             os.umask(old_umask)
-        os.chmod(self.path, 0o600)
-        sock.listen(64)
         sock.settimeout(0.2)  # the accept loop polls the stop flag
         self._sock = sock
         self._stopping.clear()

@@ -337,6 +337,39 @@ def test_socket_file_is_0600_in_a_0700_directory(
     assert stat.S_IMODE(os.stat(srv.path.parent).st_mode) == 0o700
 
 
+def test_the_path_appears_only_once_the_socket_listens(
+    models: BuiltModels, short_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that waits for the file and connects at once is never refused.
+
+    The server binds and listens under a private name and renames the socket into place,
+    so at ``listen()`` the public path does not exist yet; the private name is gone after.
+    """
+    path = short_dir / "s.sock"
+    seen_at_listen: list[bool] = []
+
+    class Recording(socket.socket):
+        def listen(self, backlog: int = 0) -> None:
+            seen_at_listen.append(path.exists())
+            super().listen(backlog)
+
+    monkeypatch.setattr("edge.inference.socket_server.socket.socket", Recording)
+    predictor = Predictor()
+    predictor.load(models.int8_a, "a")
+    srv = SocketServer(predictor, path)
+    srv.start()
+    try:
+        assert seen_at_listen == [False]
+        assert sorted(p.name for p in short_dir.iterdir()) == ["s.sock"]
+        with SocketClient(path) as client:
+            out, version = client.predict(_x())
+        assert version == "a"
+        np.testing.assert_array_equal(out, predictor.predict(_x()))
+    finally:
+        srv.stop()
+    assert not path.exists()
+
+
 def test_live_socket_is_refused_and_stale_one_replaced(
     models: BuiltModels, int8_server: tuple[SocketServer, Predictor], short_dir: Path
 ) -> None:
