@@ -2,7 +2,11 @@
 
 :class:`Measurements` records the timings a target's status carries under the hardware
 class of its *enrollment record* (never the payload's) and reads a class's medians back;
-:func:`choice_for` applies C1-C4 with the class's medians and the trials' failures. Both
+:func:`choice_for` applies C1-C4 with the class's medians and the trials' failures;
+:func:`trial_queue` (C5) says which devices time which variants before a choice: every
+eligible variant their class has not measured, on a bounded sample of the class (an explicit
+``trial`` publish asks every device, everything); a device that will not install the
+version anyway (Q1 served, Q2 below its floor) is not asked. Both
 treat the database as advisory: a failure to read or write measurements is logged and the
 publish falls back to the static preference, it never stops.
 """
@@ -10,17 +14,28 @@ publish falls back to the static preference, it never stops.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
+from cloud.deployment.discovery import already_served, below_floor
 from cloud.deployment.evidence import DeviceStatus
 from cloud.deployment.report import Outcome, PublishReport
 from cloud.deployment.trials import TrialResult
-from cloud.deployment.variants import Choice, Limits, Variant, choose, class_medians
+from cloud.deployment.variants import (
+    Choice,
+    Limits,
+    Variant,
+    choose,
+    class_medians,
+    needs_trial,
+    sample,
+)
 from cloud.fleet.store import FleetStore
 from cloud.keys import DeviceRecord
+from cloud.registry.registry import ArtifactInfo, VersionInfo
+from shared.artifacts import Purpose
 from shared.errors import FedgeError
 
-__all__ = ["Measurements", "choice_for", "limits", "trial_outcomes"]
+__all__ = ["Measurements", "choice_for", "limits", "trial_outcomes", "trial_queue"]
 
 logger = logging.getLogger(__name__)
 
@@ -133,3 +148,49 @@ def trial_outcomes(report: PublishReport, trials: TrialResult) -> None:
             result.outcome = Outcome.COMMITTED
         else:
             result.outcome, result.reason = Outcome.FAILED, "nothing_to_trial"
+
+
+def trial_queue(
+    info: VersionInfo,
+    approved: Sequence[ArtifactInfo],
+    heard: Mapping[str, DeviceStatus],
+    purpose: Purpose,
+    *,
+    records: Mapping[str, DeviceRecord],
+    book: Measurements,
+    sample_size: int,
+) -> dict[str, list[Variant]]:
+    """C5: device id → the variants it should time, in order (empty: no trials).
+
+    Args:
+        info: The version published.
+        approved: Its approved TFLite artifacts (the variant set).
+        heard: What discovery heard from each target.
+        purpose: The publish's purpose; ``trial`` times every eligible variant on every
+            device, whatever is measured.
+        records: The targets' enrollment records (their ``hardware_id`` is the class).
+        book: The class medians measured so far.
+        sample_size: Devices per hardware class that time the unmeasured variants.
+    """
+    variants = [Variant(a.precision, a.sha256, a.bytes) for a in approved]
+    classes: dict[str, list[str]] = {}
+    queue_: dict[str, list[Variant]] = {}
+    for device_id, record in records.items():
+        status = heard.get(device_id)
+        if below_floor(info.number, status) is not None or already_served(
+            info, approved, status, purpose
+        ):
+            continue  # Q1/Q2: it will not install this version anyway
+        medians = (
+            {}
+            if purpose is Purpose.TRIAL
+            else book.medians(record.hardware_id, info.model, info.number)
+        )
+        wanted = needs_trial(variants, limits(status), medians)
+        if wanted:
+            queue_[device_id] = wanted
+            classes.setdefault(record.hardware_id, []).append(device_id)
+    if purpose is not Purpose.TRIAL:  # an explicit trial asks every device
+        chosen = {d for ids in classes.values() for d in sample(ids, sample_size)}
+        queue_ = {d: v for d, v in queue_.items() if d in chosen}
+    return queue_

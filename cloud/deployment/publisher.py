@@ -25,29 +25,33 @@ Steps (rules cite ``docs/protocol.md``):
 Every status seen (discovery, trials, the publish) that carries ``variants`` is recorded in
 the fleet database (:mod:`cloud.fleet.store_variants`) under the hardware class of the
 device's enrollment record, so later publishes choose from measurements.
+
+This module orchestrates the phases; each lives beside its peers: discovery and Q1/Q2 in
+:mod:`cloud.deployment.discovery`, the trials in :mod:`cloud.deployment.trials`, Q3/Q4 and
+the signed plans in :mod:`cloud.deployment.planning`, the measurements in
+:mod:`cloud.deployment.measured`, the publish in flight in :mod:`cloud.deployment.session`.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import time
 from collections.abc import Callable
 
+from cloud.deployment.discovery import discover
 from cloud.deployment.evidence import Attribution, DeviceStatus
 from cloud.deployment.link import CoordinatorLink, CoordinatorTransport
-from cloud.deployment.measured import Measurements, choice_for, limits, trial_outcomes
-from cloud.deployment.release import Plan, Signer, Target, build_plan
+from cloud.deployment.measured import Measurements, trial_outcomes, trial_queue
+from cloud.deployment.planning import Planner
 from cloud.deployment.report import DeviceResult, Outcome, PublishReport
 from cloud.deployment.session import PublishSession
 from cloud.deployment.trials import TrialResult, run_trials
-from cloud.deployment.variants import Variant, needs_trial, sample
 from cloud.fleet.store import FleetStore
 from cloud.keys import DeviceRecord, KeyHome
 from cloud.registry import ArtifactStatus, Registry
 from cloud.registry.registry import ArtifactInfo, VersionInfo
-from shared.artifacts import ArtifactBuilder, BaseArtifact, Purpose
-from shared.errors import ConfigError, FedgeError, NotFoundError
+from shared.artifacts import ArtifactBuilder, Purpose
+from shared.errors import ConfigError, NotFoundError
 from shared.protocol import topics
 
 __all__ = [
@@ -88,19 +92,6 @@ def select_devices(home: KeyHome, device_ids: list[str], group: str | None) -> l
             raise NotFoundError(f"device {device_id} is not enrolled (or revoked)")
         out.append(record)
     return out
-
-
-def _below_floor(version: int, heard: DeviceStatus | None) -> str | None:
-    """Q2: why the device would refuse ``version`` as a rollback, if it would."""
-    if heard is None:
-        return None
-    status = heard.status
-    floor = status.floor
-    if floor is None and status.serving is not None:
-        floor = status.serving.version
-    if floor is None or version > floor:
-        return None
-    return "replay" if version == floor else "older_than_installed"
 
 
 class Publisher:
@@ -144,6 +135,12 @@ class Publisher:
         self.trial_timeout_s = trial_timeout_s
         self._records: dict[str, DeviceRecord] = {}
         self._book = Measurements(lambda: self.fleet, self._records, self.clock)
+        self._planner = self._new_planner()
+
+    def _new_planner(self) -> Planner:
+        return Planner(
+            self.registry, self.home, self._builder, self.clock, self._records, self._book
+        )
 
     @property
     def fleet(self) -> FleetStore:
@@ -197,6 +194,7 @@ class Publisher:
         self._records.clear()
         self._records.update({d.device_id: d for d in devices})
         self._book = Measurements(lambda: self.fleet, self._records, self.clock)
+        planner = self._planner = self._new_planner()
         attribution = Attribution()
         transport = self._connect(
             [
@@ -205,14 +203,14 @@ class Publisher:
             ]
         )
         try:
-            heard = self._discover(transport, attribution, devices, discover_s)
+            heard = discover(transport, attribution, devices, discover_s, observe=self._book.record)
             report.mark("discovered")
             trials = self._trials(transport, attribution, info, approved, heard, purpose)
             report.trials = {d: trials.summary(d) for d in trials.devices}
             if purpose is Purpose.TRIAL:
                 trial_outcomes(report, trials)
             else:
-                plans = self._plans(info, approved, devices, heard, report, trials, purpose)
+                plans = planner.plans(info, approved, devices, heard, report, trials, purpose)
                 report.mark("built")
                 if plans:
                     session = PublishSession(
@@ -220,7 +218,7 @@ class Publisher:
                         plans,
                         report,
                         attribution=attribution,
-                        full_plan=lambda device_id: self._full_plan(
+                        full_plan=lambda device_id: planner.full_plan(
                             info, report.devices[device_id], self._records[device_id], purpose
                         ),
                         on_progress=on_progress,
@@ -236,28 +234,6 @@ class Publisher:
                 close()
         return report
 
-    def _discover(
-        self,
-        transport: CoordinatorTransport,
-        attribution: Attribution,
-        devices: list[DeviceRecord],
-        wait_s: float,
-    ) -> dict[str, DeviceStatus]:
-        """Each target's newest status (retained or live), attributed by its topic."""
-        wanted = {d.device_id for d in devices}
-        heard: dict[str, DeviceStatus] = {}
-        deadline = time.monotonic() + wait_s
-        while wanted - heard.keys() and time.monotonic() < deadline:
-            try:
-                msg = transport.inbox.get(timeout=0.05)
-            except queue.Empty:
-                continue
-            status = attribution.status(msg)
-            if status is not None and status.device_id in wanted:
-                heard[status.device_id] = status
-                self._book.record(status)
-        return heard
-
     def _trials(
         self,
         transport: CoordinatorTransport,
@@ -268,49 +244,18 @@ class Publisher:
         purpose: Purpose,
     ) -> TrialResult:
         """C5: time the variants a class has not measured, on a sample of the class."""
-        variants = [Variant(a.precision, a.sha256, a.bytes) for a in approved]
-        classes: dict[str, list[str]] = {}
-        queue_: dict[str, list[Variant]] = {}
-        for device_id, record in self._records.items():
-            status = heard.get(device_id)
-            if _below_floor(info.number, status) is not None or self._done(
-                info, approved, status, purpose
-            ):
-                continue  # Q1/Q2: it will not install this version anyway
-            medians = (
-                {}
-                if purpose is Purpose.TRIAL
-                else self._book.medians(record.hardware_id, info.model, info.number)
-            )
-            wanted = needs_trial(variants, limits(status), medians)
-            if wanted:
-                queue_[device_id] = wanted
-                classes.setdefault(record.hardware_id, []).append(device_id)
-        if purpose is not Purpose.TRIAL:  # an explicit trial asks every device
-            chosen = {d for ids in classes.values() for d in sample(ids, self.trial_sample)}
-            queue_ = {d: v for d, v in queue_.items() if d in chosen}
+        queue_ = trial_queue(
+            info,
+            approved,
+            heard,
+            purpose,
+            records=self._records,
+            book=self._book,
+            sample_size=self.trial_sample,
+        )
         if not queue_:
             return TrialResult()
-        data = {a.sha256: a for a in approved}
-        signer = self._signer()
-
-        def make_plan(variant: Variant, members: list[str]) -> Plan:
-            target = Target(
-                info.model, info.number, variant.precision, variant.sha256, Purpose.TRIAL
-            )
-            blob = self.registry.read_artifact(data[variant.sha256])
-            plan = build_plan(
-                self._builder,
-                blob,
-                target,
-                [self._records[d] for d in members],
-                None,
-                signer=signer,
-                now=self.clock(),
-            )
-            self._book.sizes[plan.artifact_id] = variant.size
-            return plan
-
+        make_plan = self._planner.trial_plan(info, approved)
         logger.info("trials of %s on %d device(s)", info.ref, len(queue_))
         return run_trials(
             transport,
@@ -320,119 +265,3 @@ class Publisher:
             timeout_s=self.trial_timeout_s,
             observe=self._book.record,
         )
-
-    # --- choice and plans --------------------------------------------------------------
-
-    @staticmethod
-    def _done(
-        info: VersionInfo,
-        approved: list[ArtifactInfo],
-        heard: DeviceStatus | None,
-        purpose: Purpose,
-    ) -> ArtifactInfo | None:
-        """Q1: the approved variant the device already serves (or holds, for ``shadow``)."""
-        if heard is None:
-            return None
-        for a in approved:
-            target = Target(info.model, info.number, a.precision, a.sha256, purpose)
-            if purpose is not Purpose.TRIAL and target.reached(heard.status, None):
-                return a
-        return None
-
-    def _plans(
-        self,
-        info: VersionInfo,
-        approved: list[ArtifactInfo],
-        devices: list[DeviceRecord],
-        heard: dict[str, DeviceStatus],
-        report: PublishReport,
-        trials: TrialResult,
-        purpose: Purpose,
-    ) -> list[Plan]:
-        """Q1-Q4 per device, then one plan per (artifact, delta base)."""
-        groups: dict[tuple[str, str | None], list[DeviceRecord]] = {}
-        by_sha = {a.sha256: a for a in approved}
-        variants = [Variant(a.precision, a.sha256, a.bytes) for a in approved]
-        bases: dict[str | None, BaseArtifact | None] = {None: None}
-        for record in devices:
-            result = report.devices[record.device_id]
-            status = heard.get(record.device_id)
-            done = self._done(info, approved, status, purpose)
-            if done is not None:  # Q1
-                result.outcome, result.precision = Outcome.COMMITTED, done.precision
-                continue
-            medians = self._book.medians(record.hardware_id, info.model, info.number)
-            choice = choice_for(variants, record, self._records, status, trials, medians)  # Q3
-            result.choice = choice.to_dict()
-            if choice.variant is None:
-                result.outcome, result.reason = Outcome.FAILED, choice.reason
-                logger.warning("%s: not sent (%s)", record.device_id, choice.reason)
-                continue
-            artifact = by_sha[choice.variant.sha256]
-            result.precision = artifact.precision
-            refusal = _below_floor(info.number, status)  # Q2
-            if refusal is not None:
-                result.outcome, result.reason = Outcome.FAILED, refusal
-                continue
-            serving = status.status.serving if status is not None else None
-            base_sha = None
-            if serving is not None and serving.model_id == info.model:  # Q4
-                base_sha = serving.sha256
-                if base_sha not in bases:
-                    bases[base_sha] = self._base(info.model, serving.version, base_sha)
-                if bases[base_sha] is None:
-                    base_sha = None
-            groups.setdefault((artifact.sha256, base_sha), []).append(record)
-        signer = self._signer()
-        plans = []
-        for (sha, base_sha), members in groups.items():
-            artifact = by_sha[sha]
-            target = Target(info.model, info.number, artifact.precision, artifact.sha256, purpose)
-            data = self.registry.read_artifact(artifact)
-            plans.append(
-                build_plan(
-                    self._builder,
-                    data,
-                    target,
-                    members,
-                    bases[base_sha],
-                    signer=signer,
-                    now=self.clock(),
-                )
-            )
-        return plans
-
-    def _full_plan(
-        self, info: VersionInfo, result: DeviceResult, record: DeviceRecord, purpose: Purpose
-    ) -> Plan:
-        """O3: the full artifact for one device whose delta base did not match."""
-        artifact = next(
-            a
-            for a in info.artifacts
-            if a.format == "tflite"
-            and a.precision == result.precision
-            and a.status == ArtifactStatus.APPROVED
-        )
-        target = Target(info.model, info.number, artifact.precision, artifact.sha256, purpose)
-        data = self.registry.read_artifact(artifact)
-        return build_plan(
-            self._builder, data, target, [record], None, signer=self._signer(), now=self.clock()
-        )
-
-    def _signer(self) -> Signer:
-        key, certificate = self.home.release_signer()
-        return Signer(key, certificate, self.home.revocations())
-
-    def _base(self, model: str, version: int, sha256: str) -> BaseArtifact | None:
-        """Q4: the exact file a device serves, if the registry holds it."""
-        try:
-            held = self.registry.get_version(f"{model}@{version}")
-        except FedgeError:
-            return None
-        for art in held.artifacts:
-            if art.format == "tflite" and art.sha256 == sha256:
-                try:
-                    return BaseArtifact(version, self.registry.read_artifact(art))
-                except FedgeError:  # the blob is gone: send it full
-                    return None
-        return None

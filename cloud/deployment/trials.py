@@ -1,5 +1,8 @@
 """Trials before a choice (``docs/protocol.md`` §15, rule C5): time the unmeasured variants.
 
+:func:`cloud.deployment.measured.trial_queue` says which devices time which variants
+(from what their hardware class has measured); :func:`run_trials` sends the trials.
+
 Given, per device, the variants it should time, the devices are sent ``trial`` manifests in
 rounds: in round *r* every device gets its *r*-th variant (one retained manifest topic per
 device, so a device times one variant at a time); devices sent the same variant share one

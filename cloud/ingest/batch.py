@@ -2,7 +2,7 @@
 
 :func:`parse_arrivals` turns the messages of a batch into the
 :class:`cloud.fleet.records.StatusRecord` / :class:`cloud.fleet.records.TelemetryRecord`
-rows written by :class:`cloud.ingest.worker.IngestWorker`.
+rows the worker's writer thread (:class:`cloud.ingest.writer.BatchWriter`) commits.
 """
 
 from __future__ import annotations

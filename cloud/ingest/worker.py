@@ -13,17 +13,20 @@ Delivery guarantee (at-least-once from broker to database, exactly-once rows):
   (:meth:`cloud.fleet.store.FleetStore.record_statuses`), so a repeat is a no-op.
 
 Threads: paho's network thread only enqueues (its callbacks never raise); one writer thread
-parses (:class:`cloud.ingest.attribution.IngestAttribution`: the topic is the identity),
-writes batches of up to ``batch_max`` messages or ``flush_s`` seconds, then acknowledges
-them in arrival order. A database failure is retried (with backoff) and nothing is
-acknowledged meanwhile. :meth:`IngestWorker.stop` commits and acknowledges the batch in
-flight and disconnects *without* ending the session.
+(:class:`cloud.ingest.writer.BatchWriter`) parses
+(:class:`cloud.ingest.attribution.IngestAttribution`: the topic is the identity), writes
+batches of up to ``batch_max`` messages or ``flush_s`` seconds, then acknowledges them in
+arrival order. A database failure is retried (with backoff) and nothing is acknowledged
+meanwhile. :meth:`IngestWorker.stop` commits and acknowledges the batch in flight and
+disconnects *without* ending the session.
+
+This module holds the connection side: the paho callbacks, the worker's lifecycle, which
+connection may acknowledge what, and the stats of both threads.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections import Counter
@@ -33,25 +36,21 @@ from typing import Any
 from cloud.deployment.link import Incoming
 from cloud.identity_lock import IdentityLock
 from cloud.ingest.attribution import IngestAttribution
-from cloud.ingest.batch import IngestStats, IngestStore, _Arrival, _Batch, parse_arrivals
+from cloud.ingest.batch import IngestStats, IngestStore, _Arrival
 from cloud.ingest.session import (
     SESSION_EXPIRY_S,
     SUBSCRIPTIONS,
     connect_properties,
     ingest_client,
 )
+from cloud.ingest.writer import BatchWriter
 from cloud.keys import KeyHome
-from cloud.observability import INFERENCE_LATENCY, INGEST_DROPPED, INGEST_LAG, INGEST_MESSAGES
+from cloud.observability import INGEST_DROPPED
 from shared.errors import ConfigError
 
 __all__ = ["SESSION_EXPIRY_S", "SUBSCRIPTIONS", "IngestStats", "IngestStore", "IngestWorker"]
 
 logger = logging.getLogger(__name__)
-
-_RETRY_MIN_S, _RETRY_MAX_S = 0.5, 10.0  # backoff of a failing database write
-
-
-_STOP = object()  # sentinel on the inbox: flush what came before, then end
 
 
 class IngestWorker:
@@ -85,7 +84,6 @@ class IngestWorker:
     ) -> None:
         if batch_max < 1 or flush_s <= 0:
             raise ConfigError("batch_max must be >= 1 and flush_s > 0")
-        self._store = store
         self._batch_max = batch_max
         self._flush_s = flush_s
         self._clock = clock
@@ -97,10 +95,6 @@ class IngestWorker:
             busy="another ingest worker is running for this key home (the broker allows one "
             "fedge-ingest session): stop it first",
         )
-        self._attribution = IngestAttribution()
-        self._reported_drops: Counter[str] = Counter()  # what the metric was told (writer)
-        self._dropped_view: dict[str, int] = {}  # what ``stats`` shows (under _state_lock)
-        self._inbox: queue.Queue[_Arrival | object] = queue.Queue()
         self._accepting = False
         self._accept_lock = threading.Lock()
         self._state_lock = threading.Lock()
@@ -108,14 +102,19 @@ class IngestWorker:
         self._connected = False
         self._subscribed = threading.Event()
         self._failure: str | None = None
-        self._received = 0
-        self._written: Counter[str] = Counter()
-        self._skipped = 0
         self._undecodable = 0
-        self._pending = 0
-        self._last_commit_at: float | None = None
-        self._write_error: str | None = None
         self._stopping = threading.Event()
+        # The writer side (batches, database, its counters), under the same state lock.
+        self._batches = BatchWriter(
+            store,
+            IngestAttribution(),
+            acknowledge=self._acknowledge,
+            lock=self._state_lock,
+            stopping=self._stopping,
+            batch_max=batch_max,
+            flush_s=flush_s,
+            clock=clock,
+        )
         self._writer: threading.Thread | None = None
         self._started = False
         client = ingest_client(home)
@@ -200,10 +199,7 @@ class IngestWorker:
             if not self._accepting:
                 # Stopping: left unacknowledged, the broker redelivers it to the next session.
                 return
-            with self._state_lock:
-                self._received += 1
-                self._pending += 1
-            self._inbox.put(arrival)
+            self._batches.accept(arrival)
 
     # --- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -221,7 +217,9 @@ class IngestWorker:
         self._acquire()
         props = connect_properties(self._session_expiry_s, self._batch_max)
         self._accepting = True
-        self._writer = threading.Thread(target=self._run, name="fedge-ingest-writer", daemon=True)
+        self._writer = threading.Thread(
+            target=self._batches.run, name="fedge-ingest-writer", daemon=True
+        )
         self._writer.start()
         try:
             self._client.connect_async(
@@ -244,7 +242,7 @@ class IngestWorker:
         self._stopping.set()
         with self._accept_lock:
             self._accepting = False
-            self._inbox.put(_STOP)
+            self._batches.finish()
         if self._writer is not None:
             self._writer.join(5)
         self._release()
@@ -266,7 +264,7 @@ class IngestWorker:
         self._stopping.set()
         with self._accept_lock:
             self._accepting = False
-            self._inbox.put(_STOP)
+            self._batches.finish()
         if self._writer is not None:
             self._writer.join(timeout)
             if self._writer.is_alive():
@@ -294,107 +292,25 @@ class IngestWorker:
     @property
     def stats(self) -> IngestStats:
         """A consistent snapshot of the counters."""
+        batches = self._batches
         with self._state_lock:
-            dropped = Counter(self._dropped_view)
+            dropped = Counter(batches.dropped)
             if self._undecodable:
                 dropped["bad_topic"] += self._undecodable
             return IngestStats(
-                received=self._received,
-                written=dict(self._written),
-                skipped=self._skipped,
+                received=batches.received,
+                written=dict(batches.written),
+                skipped=batches.skipped,
                 dropped=dict(dropped),
-                pending=self._pending,
-                last_commit_at=self._last_commit_at,
+                pending=batches.pending,
+                last_commit_at=batches.last_commit_at,
                 connected=self._connected,
                 subscribed=self._subscribed.is_set(),
                 failure=self._failure,
-                write_error=self._write_error,
+                write_error=batches.write_error,
             )
 
-    # --- writer thread -------------------------------------------------------------------
-    def _run(self) -> None:
-        batch: list[_Arrival] = []
-        deadline = 0.0
-        while True:
-            wait = max(0.0, deadline - time.monotonic()) if batch else None
-            try:
-                item = self._inbox.get(timeout=wait)
-            except queue.Empty:
-                item = None
-            if item is _STOP:
-                if batch:
-                    self._commit(batch, final=True)
-                return
-            if isinstance(item, _Arrival):
-                if not batch:
-                    deadline = time.monotonic() + self._flush_s
-                batch.append(item)
-            if batch and (len(batch) >= self._batch_max or time.monotonic() >= deadline):
-                self._commit(batch, final=False)
-                batch = []
-
-    def _write(self, batch: _Batch, *, final: bool) -> tuple[int, int] | None:
-        """Write the batch, retrying a failing database; None if given up (stopping)."""
-        delay = _RETRY_MIN_S
-        while True:
-            try:
-                new_status = self._store.record_statuses(batch.statuses) if batch.statuses else 0
-                new_telemetry = (
-                    self._store.record_telemetry(batch.telemetry) if batch.telemetry else 0
-                )
-                if batch.shadows:  # after its telemetry row; idempotent like it
-                    self._store.record_shadow_reports(batch.shadows)
-                with self._state_lock:
-                    self._write_error = None
-                return new_status, new_telemetry
-            except Exception as exc:  # RegistryError or worse: keep the batch, do not ack
-                with self._state_lock:
-                    self._write_error = f"{type(exc).__name__}: {exc}"[:300]
-                logger.error(
-                    "ingest could not write %d messages (%s: %s); %s",
-                    len(batch.arrivals),
-                    type(exc).__name__,
-                    exc,
-                    "leaving them to the broker session"
-                    if final or self._stopping.is_set()
-                    else f"retrying in {delay:.1f}s",
-                )
-            if final or self._stopping.is_set():
-                return None
-            self._stopping.wait(delay)
-            delay = min(delay * 2, _RETRY_MAX_S)
-
-    def _commit(self, arrivals: list[_Arrival], *, final: bool) -> None:
-        batch = parse_arrivals(self._attribution, arrivals)
-        written = self._write(batch, final=final)
-        if written is None:
-            # Unacknowledged: redelivered to the next session (the store makes it harmless).
-            self._report_drops()
-            return
-        committed_at = self._clock()
-        self._acknowledge(arrivals)
-        new_status, new_telemetry = written
-        parsed = len(batch.statuses) + len(batch.telemetry)
-        with self._state_lock:
-            self._written["status"] += new_status
-            self._written["telemetry"] += new_telemetry
-            self._skipped += parsed - new_status - new_telemetry
-            self._pending -= len(arrivals)
-            self._last_commit_at = committed_at
-        INGEST_MESSAGES.labels(kind="status").inc(new_status)
-        INGEST_MESSAGES.labels(kind="telemetry").inc(new_telemetry)
-        for arrival in arrivals:
-            INGEST_LAG.observe(max(0.0, committed_at - arrival.arrived_at))
-        for version, seconds in batch.latencies:
-            INFERENCE_LATENCY.labels(version=version).observe(seconds)
-        self._report_drops()
-        logger.debug(
-            "ingest committed %d messages (%d new statuses, %d new telemetry)",
-            len(arrivals),
-            new_status,
-            new_telemetry,
-        )
-
+    # --- acknowledgements (called by the writer thread) ------------------------------
     def _acknowledge(self, arrivals: list[_Arrival]) -> None:
         """PUBACK, in arrival order, what the current connection delivered.
 
@@ -411,13 +327,3 @@ class IngestWorker:
                 self._client.ack(arrival.mid, arrival.qos)
             except Exception:  # the connection just dropped: redelivered, then skipped
                 logger.warning("ingest could not acknowledge mid %d", arrival.mid)
-
-    def _report_drops(self) -> None:
-        current = Counter(self._attribution.dropped)
-        for reason, count in current.items():
-            delta = count - self._reported_drops[reason]
-            if delta > 0:
-                INGEST_DROPPED.labels(reason=reason).inc(delta)
-        self._reported_drops = current
-        with self._state_lock:
-            self._dropped_view = dict(current)
