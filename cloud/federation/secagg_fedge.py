@@ -1,13 +1,19 @@
 """fedge SecAgg, server half: one secure round over any Flower ``Grid`` (Message API).
 
-The protocol is Bell et al.'s SecAgg+ with the complete neighbour graph (every device
-masks against every other; ``docs/protocol.md`` §17); the device half is
-``edge.learning.secagg_mod``. Against Flower 1.41's SecAgg+ (still selectable:
-``--secagg flower``) it changes what was unsound or wasteful:
+The protocol is Bell et al.'s SecAgg+ with its sparse neighbour graph: a ring over the
+sorted roster where each device agrees keys with, masks against and Shamir-shares to its
+``k - 1`` nearest peers only (:func:`~shared.protocol.learning.secagg_neighbours`), with
+``k = num-shares`` defaulting to ``2 * ceil(log2 n) + 1`` (odd, at least 3, at most
+``n``; :func:`~shared.protocol.learning.secagg_num_shares`) and the threshold a strict
+majority of ``k``. A device's cost is ``O(k) = O(log n)`` and the server's
+``O(n log n)``; ``k = n`` is the complete graph (Bonawitz et al.'s SecAgg). See
+``docs/protocol.md`` §17; the device half is ``edge.learning.secagg_mod``. Against
+Flower 1.41's SecAgg+ (still selectable: ``--secagg flower``) it changes what was
+unsound or wasteful:
 
 * masks come from ChaCha20 keyed by HKDF of the *whole* X25519 secret or 32-byte seed
   (:mod:`shared.crypto.prg`), not a 32-bit ``numpy`` seed;
-* the modulus is sized to the round, ``M = 2**ceil(log2(k * Q))`` for ``k`` sampled devices
+* the modulus is sized to the round, ``M = 2**ceil(log2(n * Q))`` for ``n`` sampled devices
   and ``Q = 2**bits`` quantization levels (8 bits by default), and masked vectors travel
   packed (uint16 for ``M <= 2**16``): 10 devices at 8 bits cost 0.5x float32, not ~2x;
 * influence is bounded inside the protocol: each device's weight is
@@ -17,7 +23,8 @@ masks against every other; ``docs/protocol.md`` §17); the device half is
 
 What the server learns: the sum of the survivors' vectors, nothing per device. A round
 halts, leaving the model untouched, when fewer than ``threshold`` devices survive any
-stage or a secret cannot be rebuilt.
+stage, when a node whose secret is needed has fewer than ``threshold`` surviving holders
+(its neighbours, and itself if it survived), or when a secret cannot be rebuilt.
 """
 
 from __future__ import annotations
@@ -45,6 +52,8 @@ from shared.protocol.learning import (
     dequantize_sum,
     secagg_context,
     secagg_mask_bits,
+    secagg_neighbours,
+    secagg_num_shares,
     secagg_params_to_config,
 )
 
@@ -53,9 +62,10 @@ log = logging.getLogger(__name__)
 __all__ = ["SecureRound", "SecureRoundResult", "threshold_for"]
 
 
-def threshold_for(sampled: int, fraction: float = 0.5) -> int:
-    """Shares needed to rebuild a secret: a strict majority by default, at least 2."""
-    return max(2, min(sampled, math.floor(sampled * fraction) + 1))
+def threshold_for(num_shares: int, fraction: float = 0.5) -> int:
+    """Shares needed to rebuild a secret out of its ``num_shares`` (the neighbourhood size
+    ``k``): a strict majority by default, at least 2."""
+    return max(2, min(num_shares, math.floor(num_shares * fraction) + 1))
 
 
 @dataclass
@@ -106,6 +116,8 @@ class SecureRound:
     timeout: float = 120.0
     dp_noise_std: float = 0.0
     result: SecureRoundResult = field(default_factory=SecureRoundResult)
+    #: Each roster node's neighbours on the ring (set by the share-keys stage).
+    _neighbours: dict[int, set[int]] = field(default_factory=dict, init=False, repr=False)
 
     @classmethod
     def sized(
@@ -121,11 +133,16 @@ class SecureRound:
         max_delta_norm: float | None,
         timeout: float = 120.0,
         dp_noise_std: float = 0.0,
+        num_shares: int | None = None,
     ) -> SecureRound:
-        """A round whose modulus and threshold are sized to ``sampled`` devices."""
+        """A round whose modulus, neighbourhood and threshold are sized to ``sampled``
+        devices; ``num_shares`` overrides the neighbourhood size ``k`` (``sampled``: the
+        complete graph)."""
         levels = 1 << bits
+        k = secagg_num_shares(sampled) if num_shares is None else num_shares
         params = SecAggParams(
-            threshold=threshold_for(sampled),
+            threshold=threshold_for(k),
+            num_shares=k,
             mask_bits=secagg_mask_bits(sampled, levels),
             levels=levels,
             clip=clip,
@@ -208,6 +225,12 @@ class SecureRound:
         self, keys: dict[int, tuple[bytes, bytes]]
     ) -> dict[int, list[tuple[int, bytes]]]:
         roster = sorted(keys)
+        try:
+            self._neighbours = {
+                n: set(secagg_neighbours(roster, n, self.params.num_shares)) for n in roster
+            }
+        except ValueError as exc:
+            raise _Halt(f"no neighbour ring for {len(roster)} devices: {exc}") from exc
         body = {
             "nodes": roster,
             "pk-c": [keys[n][0] for n in roster],
@@ -225,7 +248,8 @@ class SecureRound:
             if not isinstance(dsts, list) or not isinstance(boxes, list) or len(dsts) != len(boxes):
                 continue
             for dst, box in zip(dsts, boxes, strict=True):
-                if dst in inbox and isinstance(box, bytes):
+                # Only neighbours hold each other's shares (the device refuses others too).
+                if dst in inbox and dst in self._neighbours[src] and isinstance(box, bytes):
                     inbox[dst].append((src, box))
         # Shares from devices that dropped here are useless: only survivors' reach peers.
         inbox = {d: [(s, b) for s, b in got if s in inbox] for d, got in inbox.items()}
@@ -280,18 +304,40 @@ class SecureRound:
         peers: list[int],
         size: int,
     ) -> np.ndarray:
-        dropped = sorted(set(peers) - set(survivors))
-        body = {"active": survivors, "dropped": dropped}
+        alive = set(survivors)
+        # A dropped node's pairwise masks are in the sum only towards its surviving
+        # neighbours; one with none left needs no unmasking at all.
+        dropped = sorted(n for n in set(peers) - alive if self._neighbours[n] & alive)
+        # Who holds shares of each needed secret and will be asked: surviving neighbours,
+        # plus the node itself for its own seed. Too few holders: halt before any share
+        # is revealed.
+        for node in survivors + dropped:
+            holders = len((self._neighbours[node] | {node}) & alive)
+            if holders < self.params.threshold:
+                raise _Halt(
+                    f"node {node} has {holders} surviving neighbours to rebuild from, "
+                    f"threshold {self.params.threshold}"
+                )
+        wanted = {
+            n: (
+                sorted((self._neighbours[n] | {n}) & alive),
+                [d for d in dropped if d in self._neighbours[n]],
+            )
+            for n in survivors
+        }
         replies = self._exchange(
             SecAggStage.UNMASK,
-            {n: RecordDict({SECAGG_RECORD: ConfigRecord(dict(body))}) for n in survivors},
+            {
+                n: RecordDict({SECAGG_RECORD: ConfigRecord({"active": active, "dropped": gone})})
+                for n, (active, gone) in wanted.items()
+            },
         )
-        wanted = survivors + dropped
-        shares: dict[int, list[bytes]] = {n: [] for n in wanted}
-        for record in replies.values():
-            if record.get("nodes") != wanted or not isinstance(record.get("shares"), list):
+        shares: dict[int, list[bytes]] = {n: [] for n in survivors + dropped}
+        for src, record in replies.items():
+            named = wanted[src][0] + wanted[src][1]
+            if record.get("nodes") != named or not isinstance(record.get("shares"), list):
                 continue
-            for node, share in zip(wanted, record["shares"], strict=False):  # type: ignore[arg-type]
+            for node, share in zip(named, record["shares"], strict=False):  # type: ignore[arg-type]
                 if isinstance(share, bytes):
                     shares[node].append(share)
         modulus = np.uint64(1 << self.params.mask_bits)
@@ -304,7 +350,7 @@ class SecureRound:
             secret = PrivateKey.from_bytes(self._rebuild(shares[gone], gone, "mask key"))
             if secret.public_key.to_bytes() != keys[gone][1]:
                 raise _Halt(f"rebuilt mask key of node {gone} does not match its public key")
-            for node in survivors:
+            for node in sorted(self._neighbours[gone] & alive):
                 info = secagg_context(
                     self.run_id, self.server_round, "mask", min(node, gone), max(node, gone)
                 )

@@ -5,20 +5,26 @@ carrying a ``fedge-secagg`` record (:class:`~shared.protocol.learning.SecAggStag
 
 1. **setup** — fresh X25519 pairs: ``c`` (encrypts shares) and ``s`` (pairwise masks);
    reply both public keys.
-2. **share-keys** — check the roster (enough peers, unique keys, ours listed as ours), draw
-   a 32-byte mask seed ``b``, Shamir-split ``b`` and ``sk_s`` with the round's threshold, and
-   send each peer its two shares AES-GCM-encrypted under ``agree(c, peer c)`` with the
-   run, round and both node ids as associated data.
+2. **share-keys** — check the roster (enough peers, unique keys, ours listed as ours), find
+   our neighbours on the SecAgg+ ring (:func:`~shared.protocol.learning.secagg_neighbours`:
+   the ``k - 1`` nearest of the sorted roster, ``k = num-shares``; ``k >= n`` is the
+   complete graph), draw a 32-byte mask seed ``b``, Shamir-split ``b`` and ``sk_s`` into
+   ``min(k, n)`` shares with the round's threshold (one we keep, one per neighbour), send each
+   neighbour its two shares AES-GCM-encrypted under ``agree(c, neighbour c)`` with the run,
+   round and both node ids as associated data. Nothing goes to non-neighbours, so the
+   device's work and bytes grow with ``k = O(log n)``, not ``n``.
 3. **masked-input** — open the shares addressed to us, run the wrapped train function
    (it answers an fp32 delta through the learning contract), then *bound its influence*:
    weight ``w = min(n, cap) / cap``, clip the delta to the L2 bound, quantize
    ``w * delta`` (:func:`~shared.protocol.learning.quantize_weighted`) and append ``w``
    and the clipped/capped flags, so the server only learns their sums. Add the seed mask
-   and the pairwise masks (``+`` towards lower node ids, ``-`` towards higher) mod ``M``
-   and reply the packed vector only — the plaintext arrays and metrics never leave.
-4. **unmask** — for each survivor reveal our share of its seed; for each dropped peer our
-   share of its mask key. Never both for the same peer, and only once per round: that is
-   what keeps a survivor's own input masked.
+   and the pairwise masks with the neighbours whose shares arrived (``+`` towards lower
+   node ids, ``-`` towards higher) mod ``M`` and reply the packed vector only — the
+   plaintext arrays and metrics never leave.
+4. **unmask** — for each surviving neighbour (and ourselves) reveal our share of its seed;
+   for each dropped neighbour our share of its mask key. Never for a non-neighbour, never
+   both for the same node, and only once per round: that is what keeps a survivor's own
+   input masked.
 
 Any violation raises :class:`SecAggAbortError`; Flower turns that into an error reply and
 the coordinator treats the device as dropped.
@@ -47,6 +53,7 @@ from shared.protocol.learning import (
     SecAggStage,
     quantize_weighted,
     secagg_context,
+    secagg_neighbours,
     secagg_params_from_config,
     update_reply_from_records,
 )
@@ -130,27 +137,34 @@ def _share_keys(state: dict[str, Any], config: ConfigRecord, me: int) -> dict[st
     sk_s = PrivateKey.from_bytes(cast(bytes, state["sk-s"]))
     if pk_c[mine] != sk_c.public_key.to_bytes() or pk_s[mine] != sk_s.public_key.to_bytes():
         raise ValueError("the roster misstates our own keys")
+    neighbours = secagg_neighbours(nodes, me, params.num_shares)
+    # The secrets' holders: the neighbours and ourselves, in id order (with k >= n and the
+    # server's sorted roster, share i goes to nodes[i], exactly as before the ring).
+    holders = sorted([me, *neighbours])
     seed = os.urandom(32)
-    seed_shares = create_shares(seed, params.threshold, len(nodes))
-    key_shares = create_shares(sk_s.to_bytes(), params.threshold, len(nodes))
+    seed_shares = create_shares(seed, params.threshold, len(holders))
+    key_shares = create_shares(sk_s.to_bytes(), params.threshold, len(holders))
     run_id, server_round = str(state["run-id"]), int(state["round"])
     dsts, boxes = [], []
-    for i, node in enumerate(nodes):
+    for i, node in enumerate(holders):
         if node == me:
             continue
-        key = agree(sk_c, PublicKey.from_bytes(pk_c[i]), _pair(run_id, server_round, me, node))
+        peer = PublicKey.from_bytes(pk_c[nodes.index(node)])
+        key = agree(sk_c, peer, _pair(run_id, server_round, me, node))
         plain = len(seed_shares[i]).to_bytes(2, "little") + seed_shares[i] + key_shares[i]
         dsts.append(node)
         boxes.append(encrypt(ContentKey(key), plain, _ad(run_id, server_round, me, node)))
+    own = holders.index(me)
     state.update(
         {
             "nodes": nodes,
+            "neighbours": neighbours,
             "pk-c": pk_c,
             "pk-s": pk_s,
             "seed": seed,
             "share-from": [me],
-            "seed-shares": [seed_shares[mine]],
-            "key-shares": [key_shares[mine]],
+            "seed-shares": [seed_shares[own]],
+            "key-shares": [key_shares[own]],
             **{f"p:{k}": v for k, v in params.model_dump(by_alias=True).items() if v is not None},
         }
     )
@@ -184,6 +198,9 @@ def _masked_input(
     srcs, boxes = cast(list[int], config["src"]), cast(list[bytes], config["box"])
     if len(srcs) != len(boxes) or len(set(srcs)) != len(srcs) or me in srcs:
         raise ValueError("malformed share delivery")
+    if not set(srcs) <= set(cast(list[int], state["neighbours"])):
+        # Only neighbours share with us; a mask with anyone else would never be removed.
+        raise ValueError("shares from a node that is not our neighbour")
     if len(srcs) + 1 < params.threshold:
         raise ValueError("fewer peers than the threshold")
     run_id, server_round = str(state["run-id"]), int(state["round"])
@@ -261,7 +278,11 @@ def _unmask(state: dict[str, Any], config: ConfigRecord, me: int) -> dict[str, A
     params = _params(state)
     active, dropped = cast(list[int], config["active"]), cast(list[int], config["dropped"])
     peers = set(cast(list[int], state["peers"])) | {me}
+    if not set(active) | set(dropped) <= set(cast(list[int], state["neighbours"])) | {me}:
+        # We hold shares of our neighbours only; a request naming anyone else is not ours.
+        raise ValueError("a node that is not our neighbour")
     if len(active) < params.threshold or me not in active:
+        # ``active``: the survivors among our neighbours and ourselves.
         raise ValueError("fewer survivors than the threshold")
     if set(active) & set(dropped) or not set(active) | set(dropped) <= peers:
         # Revealing both shares of one peer would unmask its individual input.

@@ -27,13 +27,13 @@ defaults stay importable by ``fedge --help`` without Flower.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from shared.errors import ProtocolError
 
@@ -58,6 +58,8 @@ __all__ = [
     "quantize_weighted",
     "secagg_context",
     "secagg_mask_bits",
+    "secagg_neighbours",
+    "secagg_num_shares",
     "secagg_params_from_config",
     "secagg_params_to_config",
     "train_instruction_from_config",
@@ -257,9 +259,21 @@ class SecAggStage(StrEnum):
 class SecAggParams(BaseModel):
     """The round's secure-aggregation parameters (sent with the share-keys stage).
 
+    The neighbour graph is SecAgg+'s sparse ring (Bell et al. 2020): each device agrees
+    keys with, masks against and Shamir-shares to its ``num_shares - 1`` neighbours only
+    (:func:`secagg_neighbours`), so its work and bytes grow with ``log n``, not ``n``.
+
     Attributes:
-        threshold: Shares needed to rebuild a secret (and survivors needed to finish).
-        mask_bits: ``M = 2**mask_bits`` with ``M >= k * levels`` for the k sampled devices,
+        threshold: Shares needed to rebuild a secret, relative to the neighbourhood:
+            ``num_shares / 2 < threshold <= num_shares`` (a strict majority of the holders
+            of each secret, as Flower requires, so two disjoint coalitions cannot both
+            rebuild it). Also the survivors needed to finish.
+        num_shares: ``k``, the shares each device splits its secrets into, *itself
+            included* (like Flower's ``num_shares``): one it keeps, one per neighbour.
+            ``k`` at least the roster size is the complete graph (Bonawitz et al.'s SecAgg);
+            below it ``k`` must be odd, ``(k - 1) / 2`` neighbours on each side of the ring.
+            Default for ``n`` sampled devices: :func:`secagg_num_shares`.
+        mask_bits: ``M = 2**mask_bits`` with ``M >= n * levels`` for the n sampled devices,
             so the sum of the survivors' quantized values never wraps.
         levels: Quantization levels ``Q`` per weighted delta value (``2**bits``).
         clip: Per-value clipping range ``c`` of the weighted delta.
@@ -271,15 +285,69 @@ class SecAggParams(BaseModel):
     model_config = _STRICT
 
     threshold: Annotated[int, Field(ge=2, le=1 << 16)]
+    num_shares: Annotated[int, Field(alias="num-shares", ge=2, le=1 << 16)]
     mask_bits: Annotated[int, Field(alias="mask-bits", ge=2, le=32)]
     levels: Annotated[int, Field(ge=2, le=1 << 24)]
     clip: Annotated[float, Field(gt=0, le=1e6)]
     max_examples: Annotated[int, Field(alias="max-examples", ge=1)]
     max_delta_norm: Annotated[float | None, Field(alias="max-delta-norm", gt=0)] = None
 
+    @model_validator(mode="after")
+    def _threshold_within_the_neighbourhood(self) -> SecAggParams:
+        # t > k/2: at most one coalition of holders can rebuild a secret; t <= k: it can be
+        # rebuilt at all.
+        if not self.num_shares < 2 * self.threshold <= 2 * self.num_shares:
+            raise ValueError("threshold must satisfy num-shares / 2 < threshold <= num-shares")
+        return self
+
+
+def secagg_num_shares(sampled: int) -> int:
+    """The default neighbourhood size ``k`` (itself included) for ``sampled`` devices.
+
+    ``min(n, 2 * ceil(log2 n) + 1)``, at least 3 (at least 2 for ``n <= 2``). Bell et al.
+    show ``k = O(log n)`` neighbours keep SecAgg+ correct and private with high
+    probability; the constant here is a cost/robustness trade-off, not their proven bound
+    for a given corruption rate. The value is odd, so the ring is symmetric
+    (``ceil(log2 n)`` neighbours on each side), and with the default majority threshold
+    (``ceil(log2 n) + 1`` of ``k``) a device's secrets survive up to ``ceil(log2 n)`` lost
+    holders. ``n <= 7`` and ``n = 9`` give ``k = n``: the complete graph, as before; 50
+    devices get ``k = 13`` instead of 50.
+    """
+    if sampled <= 2:
+        return 2
+    return min(sampled, max(3, 2 * math.ceil(math.log2(sampled)) + 1))
+
+
+def secagg_neighbours(nodes: Sequence[int], node: int, num_shares: int) -> list[int]:
+    """``node``'s neighbours (itself excluded, sorted) on the ring of the sorted ``nodes``.
+
+    The ring is the sorted roster; a node's neighbours are the ``(k - 1) / 2`` nearest on
+    each side (like Flower's SecAgg+, which uses a shuffled order instead), so the relation
+    is symmetric and every node has exactly ``k - 1``. ``k >= len(nodes)`` is the complete
+    graph. Both halves of the protocol call this one function.
+
+    Raises:
+        ValueError: duplicate ids, ``node`` not in ``nodes``, ``num_shares < 2``, or an even
+            ``num_shares`` below the roster size (no symmetric ring has that degree).
+    """
+    ring = sorted(nodes)
+    if len(set(ring)) != len(ring):
+        raise ValueError("duplicate node ids in the roster")
+    if num_shares < 2:
+        raise ValueError("num-shares must be at least 2")
+    me = ring.index(node)  # ValueError: not in the roster
+    count = len(ring)
+    if num_shares >= count:
+        return [n for n in ring if n != node]
+    if num_shares % 2 == 0:
+        raise ValueError("an even num-shares below the roster size has no symmetric ring")
+    half = (num_shares - 1) // 2
+    # 2 * half + 1 = k < count: the offsets never wrap onto each other.
+    return sorted(ring[(me + offset) % count] for offset in range(-half, half + 1) if offset)
+
 
 def secagg_mask_bits(num_clients: int, levels: int) -> int:
-    """``ceil(log2(k * Q))``: the smallest power-of-two modulus the round's sum fits in."""
+    """``ceil(log2(n * Q))``: the smallest power-of-two modulus ``n`` devices' sum fits in."""
     return max(2, math.ceil(math.log2(num_clients * levels)))
 
 
