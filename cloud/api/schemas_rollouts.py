@@ -68,7 +68,8 @@ class RolloutDeviceOut(_Out):
     cohort: int
     state: str = Field(
         description="pending, sent, shadowing, committed, failed, timeout, skipped, "
-        "rolled_back or rollback_failed."
+        "rolled_back, rollback_failed, dropped (the shadow candidate dropped on an abort) "
+        "or drop_failed."
     )
     reason: str | None
     sends: int

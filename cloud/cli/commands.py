@@ -55,7 +55,7 @@ def _run(
             f"{result.device_id}: {result.action} seq {result.seq}: {result.outcome}"
             f"{version}{reason}"
         )
-    if result.outcome not in ("rolled_back", "requested"):
+    if result.outcome not in ("rolled_back", "dropped", "requested"):
         raise typer.Exit(1)
 
 
@@ -86,13 +86,19 @@ def rollback_cmd(
 
 
 def command_cmd(
-    action: Annotated[CommandAction, typer.Argument(help="rollback | report_missing.")],
+    action: Annotated[
+        CommandAction, typer.Argument(help="rollback | report_missing | drop_candidate.")
+    ],
     device: Annotated[str, typer.Argument(help="Device id.")],
     to_version: Annotated[
         int | None, typer.Option("--to-version", help="rollback: expected target version.")
     ] = None,
     artifact_id: Annotated[
-        str | None, typer.Option("--artifact-id", help="report_missing: only this download.")
+        str | None,
+        typer.Option(
+            "--artifact-id",
+            help="report_missing: only this download; drop_candidate: the candidate (required).",
+        ),
     ] = None,
     broker: Annotated[
         str, typer.Option("--broker", envvar="FEDGE_BROKER", help=_BROKER_HELP)

@@ -1,14 +1,21 @@
-"""``fedge cloud rollout create|list|show|pause|resume|abort|rollback|approve|save-policy``.
+"""``fedge cloud rollout create|list|show|pause|resume|abort|rollback|approve|save-policy``
+and ``drop-candidate``.
 
 Locally (``FEDGE_HOME``) the commands read and write the rollout tables of the database;
 the leader of ``fedge cloud serve`` on that database runs what they create or request.
 With ``--api URL`` (or ``FEDGE_API_URL``) they call ``/v1/rollouts`` instead. Both print
 the same thing: a summary for people, or with ``--json`` the API's ``RolloutOut`` (and
 ``show --events`` adds the timeline).
+
+``drop-candidate`` signs commands with the coordinator key and talks to the broker, like
+``fedge cloud rollback``, so it runs only where the key home is (no ``--api``): exit 0
+when no device holds the candidate any more, 1 when one refused or did not answer, 2 on
+an error.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -284,6 +291,55 @@ def save_policy(
         emit_json(result)
     else:
         out_console.print(f"policy {name} saved")
+
+
+_ARTIFACT_ID = re.compile(r"[0-9a-f]{32}")
+
+
+@rollout_app.command("drop-candidate")
+def drop_candidate_cmd(
+    devices: Annotated[
+        str, typer.Option("--devices", help="Comma-separated device ids holding it.")
+    ],
+    artifact: Annotated[
+        str, typer.Option("--artifact", help="The candidate's artifact id (32 hex digits).")
+    ],
+    broker: Annotated[
+        str,
+        typer.Option("--broker", envvar="FEDGE_BROKER", help="Broker TLS listener host:port."),
+    ] = "127.0.0.1:8883",
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait.")] = 30.0,
+    json_out: JsonFlag = False,
+) -> None:
+    """Signed drop_candidate: the devices forget a shadow candidate and stop evaluating it.
+
+    The serving model, the committed slots and the anti-rollback floor do not change.
+    A device that holds no candidate (any more) answers no_candidate: nothing to do.
+    """
+    ids = [d.strip() for d in devices.split(",") if d.strip()]
+    if not ids:
+        raise typer.BadParameter("no device ids", param_hint="--devices")
+    if not _ARTIFACT_ID.fullmatch(artifact):
+        raise typer.BadParameter("not 32 lowercase hex digits", param_hint="--artifact")
+    with cli_errors():
+        from cloud.cli.common import key_home
+        from cloud.deployment.link import parse_broker
+        from cloud.rollout.candidates import drop_candidates
+
+        host, port = parse_broker(broker)
+        results = drop_candidates(
+            key_home(), ids, host=host, port=port, artifact_id=artifact, timeout_s=timeout
+        )
+    ordered = [results[d] for d in ids]
+    if json_out:
+        emit_json({"artifact_id": artifact, "devices": [r.to_dict() for r in ordered]})
+    else:
+        for r in ordered:
+            reason = f" ({r.reason})" if r.reason else ""
+            seq = f" seq {r.seq}" if r.seq is not None else ""
+            typer.echo(f"{r.device_id}: drop_candidate{seq}: {r.outcome}{reason}")
+    if not all(r.outcome.done for r in ordered):
+        raise typer.Exit(1)
 
 
 def register(cloud_app: typer.Typer) -> None:

@@ -7,7 +7,10 @@ above the last one issued (persisted in ``coordinator/command_seq``), so a clock
 back cannot make a device refuse a fresh command as a replay (rule K6).
 
 The answer is the device's next (non-retained) status whose ``update.outcome`` is
-``rolled_back`` or ``command_failed``, or, for ``report_missing``, its resend request.
+``rolled_back`` (``dropped`` for ``drop_candidate``, naming the command's artifact) or
+``command_failed``, or, for ``report_missing``, its resend request. :func:`await_answers`
+collects the answers of many devices on one connection, parsing each message once (the
+attribution drops a message id it has seen, so a second parse would lose the answer).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from cloud.deployment.evidence import Attribution
 from cloud.deployment.link import CoordinatorLink, Incoming
 from cloud.deployment.publisher import select_devices
@@ -29,9 +34,16 @@ from shared.numbers import parse_ascii_uint
 from shared.protocol import topics
 from shared.protocol.codec import encode_message
 from shared.protocol.commands import Command, CommandAction, sign_command
-from shared.protocol.messages import CommandMessage, UpdateOutcome
+from shared.protocol.messages import CommandMessage, StatusMessage, UpdateOutcome
 
-__all__ = ["CommandResult", "build_command", "next_seq", "send_command"]
+__all__ = [
+    "CommandResult",
+    "await_answers",
+    "build_command",
+    "command_answer",
+    "next_seq",
+    "send_command",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +59,9 @@ class CommandResult:
         device_id: The target.
         action: The command's action.
         seq: Its sequence number.
-        outcome: ``rolled_back``, ``command_failed``, ``requested`` (a resend request
-            arrived) or ``timeout`` (no answer; the command may still be applied later).
+        outcome: ``rolled_back``, ``dropped``, ``command_failed``, ``requested`` (a resend
+            request arrived) or ``timeout`` (no answer; the command may still be applied
+            later).
         reason: The device's reason code for ``command_failed``.
         version: The version the device reported (the one now serving after a rollback).
     """
@@ -104,19 +117,24 @@ def build_command(
 
     Raises:
         NotFoundError: the device is not enrolled or is revoked.
-        ConfigError: the key home is incomplete.
+        ConfigError: the key home is incomplete, or the arguments do not make a valid
+            command for ``action`` (``bad_command``).
     """
     select_devices(home, [device_id], None)  # enrolled and not revoked
     moment = time.time() if now is None else now
-    command = Command(
-        action=action,
-        device_id=device_id,
-        seq=next_seq(home, now=moment),
-        issued_at=int(moment) - 1,  # tolerate a device clock a second behind
-        expires=int(moment) + ttl_s,
-        artifact_id=artifact_id,
-        to_version=to_version,
-    )
+    try:
+        command = Command(
+            action=action,
+            device_id=device_id,
+            seq=next_seq(home, now=moment),
+            issued_at=int(moment) - 1,  # tolerate a device clock a second behind
+            expires=int(moment) + ttl_s,
+            artifact_id=artifact_id,
+            to_version=to_version,
+        )
+    except ValidationError as exc:  # e.g. drop_candidate without the artifact it names
+        problems = "; ".join(str(e["msg"]) for e in exc.errors())
+        raise ConfigError(f"invalid {action} command: {problems}", code="bad_command") from exc
     key, certificate = home.coordinator_signer()
     envelope = sign_command(command, key, certificate=certificate)
     message = CommandMessage(device_id=device_id, sent_at=moment, envelope=envelope)
@@ -137,15 +155,75 @@ def _answer(command: Command, msg: Incoming, attribution: Attribution) -> Comman
     attributed = attribution.status(msg)
     if attributed is None or attributed.device_id != device_id:
         return None
-    update = attributed.status.update
-    if update is None or update.outcome not in (
-        UpdateOutcome.ROLLED_BACK,
-        UpdateOutcome.COMMAND_FAILED,
-    ):
+    return command_answer(command, attributed.status)
+
+
+_DONE = {
+    CommandAction.ROLLBACK: UpdateOutcome.ROLLED_BACK,
+    CommandAction.DROP_CANDIDATE: UpdateOutcome.DROPPED,
+}
+"""The outcome a device reports when it carried a command out."""
+
+
+def command_answer(command: Command, status: StatusMessage) -> CommandResult | None:
+    """The answer to ``command`` in a status its device sent (attributed by the caller).
+
+    Carried out: ``rolled_back`` for a rollback, ``dropped`` naming the command's artifact
+    for a ``drop_candidate``; refused: ``command_failed`` with the device's reason. Any
+    other status (a heartbeat, an unrelated update) is not an answer: None.
+    """
+    update = status.update
+    if update is None:
+        return None
+    done = _DONE.get(command.action)
+    if done is not None and update.outcome is done:
+        if done is UpdateOutcome.DROPPED and update.artifact_id != command.artifact_id:
+            return None  # another candidate's drop: not this command's answer
+    elif update.outcome is not UpdateOutcome.COMMAND_FAILED:
         return None
     return CommandResult(
-        *base, outcome=str(update.outcome), reason=update.reason, version=update.version or None
+        command.device_id or "",
+        str(command.action),
+        command.seq,
+        outcome=str(update.outcome),
+        reason=update.reason,
+        version=update.version or None,
     )
+
+
+def await_answers(
+    link: CoordinatorLink,
+    attribution: Attribution,
+    sent: dict[str, Command],
+    *,
+    timeout_s: float,
+) -> dict[str, CommandResult]:
+    """Wait on ``link`` (subscribed to the devices' statuses) for each sent command's
+    answer; a device that does not answer in time gets ``timeout``.
+
+    Each message is parsed once and matched to its device's command by its attributed
+    topic, never by the payload.
+    """
+    out: dict[str, CommandResult] = {}
+    deadline = time.monotonic() + timeout_s
+    while len(out) < len(sent) and (left := deadline - time.monotonic()) > 0:
+        try:
+            msg = link.inbox.get(timeout=min(left, 0.5))
+        except queue.Empty:
+            continue
+        if msg.retained:
+            continue  # an old status from before the commands
+        attributed = attribution.status(msg)
+        if attributed is None or attributed.device_id in out:
+            continue
+        command = sent.get(attributed.device_id)
+        if command is not None and (answer := command_answer(command, attributed.status)):
+            out[attributed.device_id] = answer
+    for device_id, command in sent.items():
+        out.setdefault(
+            device_id, CommandResult(device_id, str(command.action), command.seq, "timeout")
+        )
+    return out
 
 
 def send_command(

@@ -2,30 +2,31 @@
 implementation :class:`PublisherLink` over the deployment plane.
 
 The engine never touches MQTT: it asks a link to deliver a version to some devices with
-a purpose (``install`` or ``shadow``) and gets one :class:`DeviceAnswer` per device, or to
-roll devices back with signed commands. :class:`PublisherLink` does the first with
+a purpose (``install`` or ``shadow``) and gets one :class:`DeviceAnswer` per device, to
+roll devices back with signed commands, or to make devices drop the shadow candidate of a
+version (signed ``drop_candidate`` commands). :class:`PublisherLink` does the first with
 :meth:`cloud.deployment.publisher.Publisher.publish` (signed manifests, chunks, resend
 requests, completion per purpose: install → the device serves the target, shadow → it
-holds the target as its candidate) and the second with
-:func:`cloud.deployment.commands.build_command` on one coordinator connection. Unit tests
+holds the target as its candidate), the second with
+:func:`cloud.deployment.commands.build_command` on one coordinator connection, and the
+third with :func:`cloud.rollout.candidates.drop_candidates`. Unit tests
 give the engine a fake link; integration tests this one, on real Mosquitto.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from cloud.deployment.commands import _answer, build_command
+from cloud.deployment.commands import await_answers, build_command
 from cloud.deployment.evidence import Attribution
 from cloud.deployment.link import CoordinatorLink
 from cloud.deployment.publisher import Outcome, Publisher, select_devices
 from cloud.keys import KeyHome
+from cloud.rollout.candidates import drop_candidates
 from shared.errors import FedgeError
 from shared.protocol import topics
 from shared.protocol.codec import encode_message
@@ -45,11 +46,13 @@ class Answer(StrEnum):
     TIMEOUT = "timeout"  # nothing within the timeout
     ROLLED_BACK = "rolled_back"  # answered a rollback command
     ROLLBACK_FAILED = "rollback_failed"  # refused the command, or no answer
+    DROPPED = "dropped"  # no longer holds the candidate (dropped now, or held none)
+    DROP_FAILED = "drop_failed"  # refused drop_candidate, or no answer
 
 
 @dataclass(frozen=True)
 class DeviceAnswer:
-    """One device's answer to a delivery or a rollback."""
+    """One device's answer to a delivery, a rollback or a drop."""
 
     answer: Answer
     reason: str | None = None
@@ -68,6 +71,15 @@ class RolloutLink(Protocol):
 
     def withdraw(self, device_ids: list[str]) -> None:
         """Clear the devices' retained manifests, so none installs the candidate later."""
+
+    def drop_candidate(
+        self, version_ref: str, device_ids: list[str], *, timeout_s: float
+    ) -> dict[str, DeviceAnswer]:
+        """Make each device drop its shadow candidate of ``version_ref``; wait for answers.
+
+        ``dropped`` also for a device that holds no candidate of it (any more): a
+        coordinator resuming after a crash asks again, and that is done, not a failure.
+        """
 
 
 class PublisherLink:
@@ -127,6 +139,28 @@ class PublisherLink:
         finally:
             link.close()
 
+    def drop_candidate(
+        self, version_ref: str, device_ids: list[str], *, timeout_s: float
+    ) -> dict[str, DeviceAnswer]:
+        """Signed ``drop_candidate`` commands for the candidate each device's retained status
+        names, when it is ``version_ref`` (variants differ per device, so the artifact id is
+        the device's own); see :func:`cloud.rollout.candidates.drop_candidates`."""
+        model, _, number = version_ref.rpartition("@")
+        host, port = self._broker()
+        results = drop_candidates(
+            self._home,
+            device_ids,
+            host=host,
+            port=port,
+            version=(model, int(number) if number.isdigit() else 0),
+            timeout_s=timeout_s,
+            discover_s=self._discover_s,
+        )
+        return {
+            d: DeviceAnswer(Answer.DROPPED if r.outcome.done else Answer.DROP_FAILED, r.reason)
+            for d, r in results.items()
+        }
+
     def rollback(self, device_ids: list[str], *, timeout_s: float) -> dict[str, DeviceAnswer]:
         """Signed rollback commands on one coordinator connection, answers by topic."""
         if not device_ids:
@@ -146,23 +180,16 @@ class PublisherLink:
                     continue
                 link.publish(topics.device_cmd(device_id), encode_message(message))
                 sent[device_id] = command
-            deadline = time.monotonic() + timeout_s
-            while len(out) < len(device_ids) and (left := deadline - time.monotonic()) > 0:
-                try:
-                    msg = link.inbox.get(timeout=min(left, 0.5))
-                except queue.Empty:
-                    continue
-                for device_id, command in sent.items():
-                    if device_id in out:
-                        continue
-                    result = _answer(command, msg, attribution)
-                    if result is None:
-                        continue
-                    out[device_id] = (
-                        DeviceAnswer(Answer.ROLLED_BACK)
-                        if result.outcome == "rolled_back"
-                        else DeviceAnswer(Answer.ROLLBACK_FAILED, result.reason)
+            answers = await_answers(link, attribution, sent, timeout_s=timeout_s)
+            for device_id, result in answers.items():
+                out[device_id] = (
+                    DeviceAnswer(Answer.ROLLED_BACK)
+                    if result.outcome == "rolled_back"
+                    else DeviceAnswer(
+                        Answer.ROLLBACK_FAILED,
+                        "no_answer" if result.outcome == "timeout" else result.reason,
                     )
+                )
         finally:
             link.close()
         for device_id in device_ids:

@@ -51,6 +51,8 @@ class DeviceProgress(StrEnum):
     SKIPPED = "skipped"  # timed out under offline=skip
     ROLLED_BACK = "rolled_back"  # a signed rollback command was answered
     ROLLBACK_FAILED = "rollback_failed"  # the rollback was refused or not answered
+    DROPPED = "dropped"  # held the candidate in shadow; it is dropped (drop_candidate answered)
+    DROP_FAILED = "drop_failed"  # drop_candidate refused or not answered: may still hold it
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,8 @@
 """Signed commands on ``devices/{id}/cmd`` and ``groups/{g}/cmd``, mixed into the updater.
 
+Actions: ``rollback`` (R1-R3), ``report_missing`` and ``drop_candidate`` (U2: drop the held
+shadow candidate the command names; ``no_candidate`` / ``candidate_mismatch`` otherwise).
+
 Order (``docs/protocol.md`` §6): decode (C1) → :func:`verify_command` — signature by a
 root-certified, unrevoked ``coordinator`` key (K1-K3), ``issued_at ≤ now < expires`` (K4),
 addressed to this device or one of its groups (K5), ``seq`` above the last accepted one
@@ -81,6 +84,9 @@ class CommandSteps(TransferSteps):
     def _execute(self, command: Command) -> None:
         if command.action is CommandAction.ROLLBACK:
             self._rollback(command.to_version)
+            return
+        if command.action is CommandAction.DROP_CANDIDATE:
+            self._drop_candidate(command.artifact_id)
             return
         if command.action is CommandAction.REPORT_MISSING:
             dl = self._download

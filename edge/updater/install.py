@@ -96,6 +96,9 @@ class InstallSteps:
     def _hold(self, dl: Download, target: Slot, artifact: bytes) -> None:  # pragma: no cover
         raise NotImplementedError
 
+    def _drop_candidate(self, artifact_id: str | None) -> None:  # pragma: no cover - mixin
+        raise NotImplementedError
+
     def _announce_candidate(  # pragma: no cover - mixin provides
         self, path: Path | None, m: Manifest | None
     ) -> None:

@@ -17,6 +17,12 @@ in what happens to the verified artifact:
   (``no_rollback_target``) while a candidate is held. ``on_shadow(path, manifest)`` is
   called when it is held and again after a restart (the slot file is checked against the
   candidate first, rule I2); ``on_shadow(None, None)`` when it is dropped.
+* **drop of the held candidate** (rule U2) — a signed ``drop_candidate`` command naming the
+  held candidate's artifact id drops it: ``state.json`` is committed without it first
+  (S2), then the evaluator is told it is gone and the slot file erased. A crash between the
+  commit and the erase leaves an uncommitted slot file, which the next start erases (I2);
+  a crash before the commit leaves the candidate held intact. The serving model, the
+  committed slot and the floor are never touched.
 * **install of the held candidate** (rule U3) — an ``install`` manifest for the candidate's
   artifact id (or a new release of the very same file: model id, version, sha256, length)
   is installed from the slot after its sha256 and length are checked again against the new
@@ -42,6 +48,8 @@ from shared.protocol.messages import UpdateOutcome, VariantTiming
 
 __all__ = [
     "MAX_TIMINGS",
+    "CandidateMismatchError",
+    "NoCandidateError",
     "OnShadow",
     "OnTrial",
     "PurposeSteps",
@@ -69,6 +77,18 @@ class TrialNotSupportedError(FedgeError):
     """A ``trial`` manifest on a device that cannot time models (no ``on_trial``)."""
 
     code = "trial_not_supported"
+
+
+class NoCandidateError(FedgeError):
+    """``drop_candidate`` while no shadow candidate is held (e.g. it was dropped already)."""
+
+    code = "no_candidate"
+
+
+class CandidateMismatchError(FedgeError):
+    """``drop_candidate`` naming another artifact than the candidate held."""
+
+    code = "candidate_mismatch"
 
 
 class _TimingFile(BaseModel):
@@ -274,6 +294,35 @@ class PurposeSteps(InstallSteps):
         held = self.candidate()
         if held is not None:
             self._announce_candidate(*held)
+
+    def _drop_candidate(self, artifact_id: str | None) -> None:
+        """U2: a signed ``drop_candidate``: forget the held candidate ``artifact_id``.
+
+        Order, for crash safety: commit ``state.json`` without the candidate (S2) — the
+        commit point; then tell the evaluator it is gone; then erase the slot file. A crash
+        before the commit leaves the candidate held intact (and re-announced at the next
+        start); after it, the slot file is uncommitted and :meth:`recover` erases it (I2).
+        ``state.json`` never names a file that was already erased.
+
+        Raises:
+            NoCandidateError: nothing is held. CandidateMismatchError: another artifact is
+            held. OSError: the commit failed (nothing changed).
+        """
+        held = self._state.candidate
+        if held is None:
+            raise NoCandidateError("no shadow candidate is held")
+        if held.record.artifact_id != artifact_id:
+            raise CandidateMismatchError("the held candidate is another artifact")
+        dropped = self._state.model_copy(update={"candidate": None})
+        self._store.save(dropped)  # S2: the commit point; slots, active and floor unchanged
+        self._state = dropped
+        self._announce_candidate(None, None)  # stop the evaluator before its file goes
+        try:
+            self._slots.erase(held.slot)
+        except OSError as exc:  # committed already: the next start erases the file (I2)
+            logger.error("cannot erase the dropped candidate's slot: %s", exc.strerror)
+        logger.info("dropped shadow candidate v%d (slot %s)", held.record.version, held.slot)
+        self._report(held.record.version, UpdateOutcome.DROPPED, artifact_id=artifact_id)
 
     # --- install of the held candidate (U3) ---------------------------------------------
 

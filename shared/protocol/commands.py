@@ -1,11 +1,13 @@
-"""Signed commands (``rollback``, ``report_missing``): the payload, its signing and its checks.
+"""Signed commands (``rollback``, ``report_missing``, ``drop_candidate``): payload, signing, checks.
 
 A :class:`Command` travels as canonical JSON inside a :class:`~shared.artifacts.trust.Envelope`
 signed by the coordinator key (root-certified for the ``coordinator`` role), carried by a
 :class:`~shared.protocol.messages.CommandMessage`. :func:`verify_command` checks, in this
 order (``docs/protocol.md`` §6): signature → trusted, unrevoked key (K1-K3) → canonical
 bytes and strict schema (J1, J2) → expiry (K4) → addressed to this device or one of its
-groups (K5) → sequence above the last accepted one (K6).
+groups (K5) → sequence above the last accepted one (K6). Every action goes through this one
+path; what an action needs of its fields (``drop_candidate`` names its ``artifact_id``) is
+part of the strict schema (J2), so a malformed command is refused before it is acted on.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class CommandAction(StrEnum):
 
     ROLLBACK = "rollback"  # revert to the previous committed slot
     REPORT_MISSING = "report_missing"  # publish a ResendRequest for an unfinished artifact
+    DROP_CANDIDATE = "drop_candidate"  # drop the held shadow candidate ``artifact_id`` (§15 U2)
 
 
 class Command(BaseModel):
@@ -43,7 +46,8 @@ class Command(BaseModel):
 
     Exactly one of ``device_id`` and ``group`` addresses it. ``seq`` is strictly
     increasing per coordinator (e.g. milliseconds since the epoch); a device keeps the
-    last accepted ``seq`` and refuses anything not above it.
+    last accepted ``seq`` and refuses anything not above it. A ``drop_candidate`` must name
+    the candidate it means (``artifact_id``) and carries no ``to_version``.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -62,6 +66,10 @@ class Command(BaseModel):
     def _one_target(self) -> Command:
         if (self.device_id is None) == (self.group is None):
             raise ValueError("exactly one of device_id and group")
+        if self.action is CommandAction.DROP_CANDIDATE and (
+            self.artifact_id is None or self.to_version is not None
+        ):  # the device must never guess which candidate the coordinator means
+            raise ValueError("drop_candidate names artifact_id and no to_version")
         return self
 
 

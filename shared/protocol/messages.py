@@ -111,6 +111,7 @@ class UpdateOutcome(StrEnum):
     COMMAND_FAILED = "command_failed"  # a command refused or not carried out; nothing changed
     HELD = "held"  # a ``shadow`` manifest: verified and held in the inactive slot (§15)
     TRIALED = "trialed"  # a ``trial`` manifest: verified, timed, deleted (§15)
+    DROPPED = "dropped"  # a signed ``drop_candidate`` command dropped the held candidate (§15)
 
 
 class UpdateInfo(BaseModel):

@@ -5,7 +5,10 @@ RolloutLink`): each device has a behaviour, and a delivered install writes the t
 (and a shadow delivery the shadow reports) that device would send, into the real store, so
 the gates read their evidence from the database exactly as in production. Like the real
 publisher (its rule Q1), a device already serving the target answers ``committed`` without
-being sent anything; ``installs`` counts what each device was actually sent.
+being sent anything; ``installs`` counts what each device was actually sent. A shadow
+delivery leaves the device holding the candidate until a ``drop_candidate`` (``drops``
+lists every device asked) or an install; asked again, it answers as the real device does
+(``command_failed no_candidate``, which the link reports as ``dropped``).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class Device:
     error_rate: float = 0.0
     agreement: float = 0.99  # shadow agreement of the candidate
     serving: bool = False  # serves the target already
+    holding: bool = False  # holds the target as its shadow candidate
 
 
 @dataclass
@@ -63,6 +67,9 @@ class FakeFleet:
     rollbacks: list[str] = field(default_factory=list)
     withdrawn: list[str] = field(default_factory=list)
     crash_after_commits: int | None = None  # die inside deliver after this many commits
+    drops: list[str] = field(default_factory=list)
+    crash_after_drops: bool = False  # die inside drop_candidate, after the devices dropped
+    crash_in_rollback: bool = False  # die inside rollback (the drops are answered by then)
     ref: str = REF  # the version the rollout under test delivers
 
     def telemetry(self, device_id: str, at: float, p95_ms: float, error_rate: float) -> None:
@@ -93,6 +100,7 @@ class FakeFleet:
                 continue
             if purpose == "shadow":
                 self.shadows[device_id] += 1
+                dev.holding = True
                 self._shadow(device_id, dev)
                 out[device_id] = DeviceAnswer(Answer.HELD)
                 continue
@@ -100,7 +108,7 @@ class FakeFleet:
             if dev.behaviour == "fail_probation":
                 out[device_id] = DeviceAnswer(Answer.FAILED, "probation_failed")
                 continue
-            dev.serving = True
+            dev.serving, dev.holding = True, False
             self.telemetry(device_id, self.clock() + 1.0, dev.p95_ms, dev.error_rate)
             out[device_id] = DeviceAnswer(Answer.COMMITTED)
             commits += 1
@@ -120,7 +128,28 @@ class FakeFleet:
             ]
         )  # fmt: skip
 
+    def drop_candidate(
+        self, version_ref: str, device_ids: list[str], *, timeout_s: float
+    ) -> dict[str, DeviceAnswer]:
+        assert version_ref == self.ref
+        self.drops.extend(device_ids)
+        out: dict[str, DeviceAnswer] = {}
+        for d in device_ids:
+            dev = self.devices[d]
+            if dev.behaviour == "offline":
+                out[d] = DeviceAnswer(Answer.DROP_FAILED, "no_answer")
+                continue
+            out[d] = DeviceAnswer(Answer.DROPPED, None if dev.holding else "no_candidate")
+            dev.holding = False
+        if self.crash_after_drops:
+            self.crash_after_drops = False
+            raise Crash
+        return out
+
     def rollback(self, device_ids: list[str], *, timeout_s: float) -> dict[str, DeviceAnswer]:
+        if self.crash_in_rollback:
+            self.crash_in_rollback = False
+            raise Crash
         self.rollbacks.extend(device_ids)
         for d in device_ids:
             self.devices[d].serving = False

@@ -8,7 +8,9 @@ ingestion), real agents as processes under live inference load, real Mosquitto.
 * a slow candidate (a much larger model) fails the latency gate in the canary: aborted,
   the canary rolled back, no device outside the canary is ever sent its manifest;
 * a candidate that disagrees with the serving model (another network) fails the shadow
-  gate on the canary's own live requests: aborted before anything was installed;
+  gate on the canary's own live requests: aborted before anything was installed, and the
+  canary told to drop the candidate (its retained status no longer carries it; the
+  operator's ``drop-candidate`` then finds nothing to drop);
 * a candidate that fails probation on the canary's devices crosses the failure
   threshold: aborted, nothing reaches the next cohort;
 * two coordinators on one PostgreSQL: the leader is SIGKILLed mid-rollout and the standby
@@ -18,6 +20,9 @@ ingestion), real agents as processes under live inference load, real Mosquitto.
 from __future__ import annotations
 
 import contextlib
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,12 +35,15 @@ from cloud.broker_process import start_broker, wait_listening
 from cloud.config import Settings
 from cloud.deployment.publisher import Outcome, Publisher, select_devices
 from cloud.fleet.store import FleetStore
-from cloud.keys import KeyHome
+from cloud.keys import MONITOR_USER, KeyHome
 from cloud.registry import ArtifactStatus, Registry, VersionSource
 from cloud.registry.registry import NewArtifact
+from shared.protocol import topics
+from shared.protocol.codec import decode_message_as
+from shared.protocol.messages import StatusMessage
 from tests.helpers.models import INPUT_SHAPE, NUM_CLASSES, BuiltModels, convert_float
 from tests.helpers.mosquitto import free_port
-from tests.security.conftest import FleetBroker
+from tests.security.conftest import FleetBroker, connect
 from tests.security.rollout_world import PROFILE, Field, operator_token, wait_for
 
 pytestmark = pytest.mark.slow
@@ -141,6 +149,17 @@ def _wait_baseline(field: Field, devices: list[str]) -> None:
 def _create(field: Field, port: int, version: str, **policy: Any) -> dict[str, Any]:
     body = {"version": version, "policy": _policy(**policy)}
     return dict(field.api("POST", "/v1/rollouts", port, json=body))
+
+
+def _retained_status(field: Field, device_id: str) -> StatusMessage:
+    """The device's retained status, as the broker hands it to a new subscriber."""
+    client = connect(field.broker, MONITOR_USER)
+    try:
+        client.subscribe(topics.device_status(device_id))
+        assert client.wait(lambda: bool(client.messages), timeout=10)
+        return decode_message_as(client.messages[0][1], StatusMessage)
+    finally:
+        client.close()
 
 
 def _gates(field: Field, port: int, rid: str) -> list[dict[str, Any]]:
@@ -251,6 +270,25 @@ def test_disagreeing_candidate_fails_shadow_gate_before_any_install(
         assert not field.manifests_sent(2)  # no install manifest ever went out
         for d in field.devices:
             assert field.serving(d) == "1"
+        # the canary dropped the candidate: recorded, counted, and gone from its status
+        assert {d["state"] for d in done["devices"] if d["device_id"] in canary} == {"dropped"}
+        [rolled] = [e["detail"] for e in field.events(port, rid) if e["kind"] == "rolled_back"]
+        assert rolled["drop_candidate"] == {"dropped": len(canary)}, rolled
+        for d in canary:
+            status = _retained_status(field, d)
+            assert status.candidate is None, status
+            assert status.serving is not None and status.serving.version == 1
+        dropped = subprocess.run(
+            [
+                sys.executable, "-m", "simulations.cli", "cloud", "rollout", "drop-candidate",
+                "--devices", canary[0], "--artifact", "0" * 32, "--json", "--timeout", "30",
+                "--broker", f"127.0.0.1:{field.broker.port}",
+            ],
+            env=field.env(), capture_output=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert dropped.returncode == 0, dropped.stderr
+        [answer] = json.loads(dropped.stdout)["devices"]
+        assert (answer["outcome"], answer["reason"]) == ("not_held", "no_candidate")
 
 
 def test_probation_failures_in_the_canary_cross_the_failure_threshold(
