@@ -11,14 +11,24 @@
    ingestion worker (:class:`cloud.ingest.IngestWorker`, identity ``fedge-ingest``: the
    broker allows one session per identity, and the coordinator's own is taken by the
    publishes of the deployment jobs and rollouts), the staged rollouts and the federated
-   runs (a standby answers ``503 not_leader`` to starting one); another process on the
+   runs (a standby answers ``503 not_leader`` to starting one), and the sweep of
+   deployments whose runner died (:class:`InterruptedSweep`); another process on the
    same database stands by, serves the API, and takes over within one ``--lease-poll``
    interval after the leader's lease ends;
 3. run uvicorn with :func:`cloud.api.app.create_app` until SIGTERM or Ctrl-C;
 4. then, in this order: uvicorn's graceful shutdown (requests in progress finish), the
    ingestion flush (the batch in flight is committed and acknowledged; the broker session
    is kept, so what devices send meanwhile waits for the next start), the retention job,
-   the deployment jobs (running publishes finish), the database.
+   the interrupted-deployment sweep, the deployment jobs (running publishes finish), the
+   database.
+
+Crash recovery of deployments: every serve process runs deployment jobs (either may get
+``POST /v1/deployments``), each job beating a heartbeat while it is queued or running
+(:class:`cloud.api.jobs.DeploymentJobs`). At start-up, and then every
+``deployment_stale_s`` in the leader, the open deployments whose heartbeat is older than
+``deployment_stale_s`` are marked ``failed``
+(:func:`cloud.fleet.sync.fail_interrupted_deployments`): those another live process runs
+are left alone.
 
 Exit status 0 after a signal, 1 if the server could not start (e.g. the port is taken).
 """
@@ -41,7 +51,7 @@ from cloud.api.deps import HealthCheck, Resources
 from cloud.broker import BrokerFiles
 from cloud.broker_process import refresh_broker
 from cloud.config import Settings
-from cloud.fleet.sync import fail_interrupted_deployments
+from cloud.fleet.sync import DEFAULT_STALE_S, InterruptedSweep, fail_interrupted_deployments
 from cloud.ingest import DEFAULT_RETENTION_S, IngestWorker, RetentionJob
 from cloud.keys import INGEST_USER, KeyHome
 from cloud.rollout.coordinator import RolloutCoordinator
@@ -153,13 +163,17 @@ class CoordinatorService:
     retention: RetentionJob
     broker: tuple[str, int]
     rollouts: RolloutCoordinator
+    sweep: InterruptedSweep | None = None
     _started: bool = field(default=False, init=False)
 
     def start(self) -> None:
-        """Start the retention job and the leader loop: if it gets the lease, it starts
-        ingestion (it connects in the background) and runs rollouts; else it stands by."""
+        """Start the retention job, the leader loop (if it gets the lease, it starts
+        ingestion — it connects in the background — and runs rollouts; else it stands
+        by) and the interrupted-deployment sweep (which runs while this is the leader)."""
         self.retention.start()
         self.rollouts.start()
+        if self.sweep is not None:
+            self.sweep.start()
         self._started = True
 
     def close(self) -> None:
@@ -173,6 +187,8 @@ class CoordinatorService:
                 self.ingest.set_leader(False)
                 self.retention.stop()
                 log.info("telemetry retention stopped")
+                if self.sweep is not None:
+                    self.sweep.stop()
         finally:
             running = self.resources.jobs.active()
             if running:
@@ -188,14 +204,20 @@ def build_service(
     retention_s: float = DEFAULT_RETENTION_S,
     retention_interval_s: float = 3600.0,
     lease_poll_s: float = 1.0,
+    deployment_stale_s: float = DEFAULT_STALE_S,
 ) -> CoordinatorService:
-    """Open the resources and build (not start) ingestion and retention.
+    """Open the resources, fail the deployments whose runner died, and build (not start)
+    ingestion, retention and the leader's sweep of such deployments.
 
     Args:
         settings: Where the state lives.
         broker: The broker's TLS listener; None: from ``$FEDGE_HOME/broker``'s config.
         retention_s: How long telemetry is kept.
         retention_interval_s: How often it is pruned.
+        lease_poll_s: Seconds between two passes of the leader loop.
+        deployment_stale_s: Seconds without a heartbeat after which an open deployment
+            is orphaned (keep it a few of the deployment jobs' ``heartbeat_s``); also the
+            leader's sweep interval.
 
     Raises:
         ConfigError: no key home; RegistryError: the database cannot be opened.
@@ -208,19 +230,30 @@ def build_service(
         # The records are in the database already (the CLI writes them there too); an old
         # key home's fleet.json is imported now, once, rather than by the first request.
         resources.home.import_json_fleet()
-        fail_interrupted_deployments(resources.store, now=resources.now())
+        # Only the deployments whose runner stopped beating: another serve process on this
+        # database may be running some right now.
+        fail_interrupted_deployments(
+            resources.store, now=resources.now(), stale_s=deployment_stale_s
+        )
         ingest = LeaderIngest(lambda: IngestWorker(resources.home, host, port, resources.store))
         retention = RetentionJob(
             resources.store, retention_s=retention_s, interval_s=retention_interval_s
         )
         rollouts = _rollout_coordinator(resources, (host, port), lease_poll_s, ingest)
+        sweep = InterruptedSweep(
+            resources.store,
+            lambda: rollouts.leader,
+            stale_s=deployment_stale_s,
+            interval_s=deployment_stale_s,
+            clock=resources.now,
+        )
     except BaseException:
         resources.close(wait=False)
         raise
     resources.health["broker"] = _broker_check(ingest, host, port)
     resources.health["ingest"] = _ingest_check(ingest)
     resources.rollouts = rollouts
-    return CoordinatorService(resources, ingest, retention, (host, port), rollouts)
+    return CoordinatorService(resources, ingest, retention, (host, port), rollouts, sweep)
 
 
 def _rollout_coordinator(

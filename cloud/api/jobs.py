@@ -5,11 +5,20 @@ a worker thread marks it ``running``, runs :meth:`Publisher.publish` and writes 
 progress report and the final per-device outcomes with ``update_deployment``. The job does
 not belong to the HTTP request: a client that disconnects changes nothing, and the outcome
 is read back with ``GET /v1/deployments/{id}``.
+
+Each job records its runner, this pool's instance id (``host:pid:random``), and a heartbeat:
+written when the job is handed over and when it starts, then refreshed for every job still
+queued or running by one ``UPDATE`` every ``heartbeat_s`` on a small thread. Another serve
+process on the same database (a standby serves the API too) then tells a job this one is
+running from one a dead process left behind (``cloud.fleet.sync``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -21,9 +30,18 @@ from cloud.fleet.store import FleetStore
 from cloud.keys import KeyHome
 from shared.errors import FedgeError
 
-__all__ = ["DeploymentJobs", "JobsBusyError"]
+__all__ = ["DEFAULT_HEARTBEAT_S", "DeploymentJobs", "JobsBusyError", "instance_id"]
 
 log = logging.getLogger(__name__)
+
+#: Seconds between two heartbeats of the running jobs (crash recovery's staleness bound,
+#: ``cloud.fleet.sync.DEFAULT_STALE_S``, is three of them).
+DEFAULT_HEARTBEAT_S = 5.0
+
+
+def instance_id() -> str:
+    """A new runner id, ``host:pid:random``: unique per pool even after a pid is reused."""
+    return f"{socket.gethostname()[:120]}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
 class JobsBusyError(FedgeError):
@@ -65,7 +83,10 @@ class DeploymentJobs:
             be refused by the key home's coordinator lock); more jobs queue.
         max_pending: Jobs running or queued at once; more are refused (``jobs_busy``).
         timeout_s, discover_s: Passed to :meth:`Publisher.publish`.
-        now: Wall clock.
+        now: Wall clock (also the heartbeats' time).
+        runner: This pool's instance id, recorded on its deployments (default: a new
+            :func:`instance_id`; one pool per serve process).
+        heartbeat_s: Seconds between two heartbeats of the jobs queued or running.
     """
 
     def __init__(
@@ -79,7 +100,11 @@ class DeploymentJobs:
         timeout_s: float = 120.0,
         discover_s: float = 1.0,
         now: Callable[[], float] = time.time,
+        runner: str | None = None,
+        heartbeat_s: float = DEFAULT_HEARTBEAT_S,
     ) -> None:
+        if heartbeat_s <= 0:
+            raise ValueError("heartbeat_s must be positive")
         self.store = store
         self.home = home
         self._factory = publisher_factory
@@ -91,6 +116,10 @@ class DeploymentJobs:
         self._lock = threading.Lock()
         self._futures: dict[str, Future[None]] = {}
         self._closed = False
+        self.runner = runner or instance_id()
+        self._heartbeat_s = heartbeat_s
+        self._stop_beating = threading.Event()
+        self._beater: threading.Thread | None = None
 
     def submit(self, deployment: Deployment) -> None:
         """Start publishing ``deployment`` in the background.
@@ -98,6 +127,13 @@ class DeploymentJobs:
         Raises:
             JobsBusyError: every slot is taken, or the pool is shut down.
         """
+        deployment_id = deployment.deployment_id
+        try:  # claimed before it can queue: a queued job must not look orphaned either
+            self.store.update_deployment(
+                deployment_id, runner=self.runner, heartbeat_at=self._now()
+            )
+        except FedgeError as exc:  # the job's start writes them again
+            log.warning("deployment %s: runner not recorded: %s", deployment_id, exc)
         with self._lock:
             if self._closed:
                 raise JobsBusyError("the deployment worker is shutting down")
@@ -108,8 +144,12 @@ class DeploymentJobs:
             except RuntimeError as exc:
                 self._slots.release()
                 raise JobsBusyError("the deployment worker is shutting down") from exc
-            self._futures[deployment.deployment_id] = future
-        deployment_id = deployment.deployment_id
+            self._futures[deployment_id] = future
+            if self._beater is None:  # started with the first job, stopped by shutdown
+                self._beater = threading.Thread(
+                    target=self._beat_loop, name="fedge-deploy-heartbeat", daemon=True
+                )
+                self._beater.start()
 
         def done(_future: Future[None]) -> None:
             self._done(deployment_id)
@@ -133,10 +173,31 @@ class DeploymentJobs:
         if future is not None:
             future.exception(timeout=timeout)
 
+    def beat(self) -> int:
+        """Refresh the heartbeat of every job queued or running here, in one ``UPDATE``;
+        returns the rows touched (0 after a logged failure: the next beat retries)."""
+        ids = self.active()
+        if not ids:
+            return 0
+        try:
+            return self.store.touch_deployments(ids, runner=self.runner, now=self._now())
+        except Exception as exc:  # a database hiccup must not end the heartbeat
+            log.warning("deployment heartbeat not saved: %s", exc)
+            return 0
+
+    def _beat_loop(self) -> None:
+        while not self._stop_beating.wait(self._heartbeat_s):
+            self.beat()
+
     def _run(self, deployment: Deployment) -> None:
         deployment_id = deployment.deployment_id
         try:
-            self.store.update_deployment(deployment_id, state=DeploymentState.RUNNING)
+            self.store.update_deployment(
+                deployment_id,
+                state=DeploymentState.RUNNING,
+                runner=self.runner,
+                heartbeat_at=self._now(),
+            )
             targets = select_devices(self.home, [d.device_id for d in deployment.devices], None)
 
             def progress(report: PublishReport) -> None:
@@ -188,6 +249,12 @@ class DeploymentJobs:
             self._closed = True
             futures = dict(self._futures)
         self._pool.shutdown(wait=wait, cancel_futures=True)
+        # Only now: the jobs waited for above kept beating while they ran.
+        self._stop_beating.set()
+        with self._lock:
+            beater = self._beater
+        if beater is not None and wait:
+            beater.join(timeout=10.0)
         for deployment_id, future in futures.items():
             if future.cancelled():
                 try:

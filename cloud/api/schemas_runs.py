@@ -99,6 +99,14 @@ class DeploymentOut(_Out):
     error: str | None
     devices: list[DeviceOutcomeOut]
     bytes_sent: int | None = None
+    runner: str | None = Field(
+        default=None, description="The serve process that runs the job (host:pid:random)."
+    )
+    heartbeat_at: float | None = Field(
+        default=None,
+        description="When that process last said the job is alive (Unix seconds); an open "
+        "deployment whose heartbeat goes stale is failed as interrupted.",
+    )
 
 
 class DeploymentPage(BaseModel):

@@ -173,6 +173,8 @@ class Deployment:
     error: str | None
     devices: list[DeviceOutcome] = field(default_factory=list)
     bytes_sent: int | None = None
+    runner: str | None = None  # the serve process running the job (host:pid:random)
+    heartbeat_at: float | None = None  # when that runner last said it is alive
 
 
 @dataclass(frozen=True)

@@ -183,6 +183,10 @@ class DeploymentRow(Base):
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     error: Mapped[str | None] = mapped_column(String(2000), nullable=True)
     bytes_sent: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Who runs the job and when it last said so (0007): crash recovery fails an open
+    # deployment only once its runner's heartbeat is stale (cloud.fleet.sync).
+    runner: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    heartbeat_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class DeploymentDeviceRow(Base):

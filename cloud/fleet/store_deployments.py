@@ -1,10 +1,20 @@
-"""Fleet store: deployments with their per-device outcomes."""
+"""Fleet store: deployments with their per-device outcomes.
+
+A deployment job records its runner (the instance id of the serve process running it) and
+a heartbeat the runner refreshes while the job is queued or running
+(:meth:`DeploymentsMixin.touch_deployments`); crash recovery fails only the open
+deployments whose heartbeat is stale (:meth:`DeploymentsMixin.stale_deployments`,
+:meth:`DeploymentsMixin.fail_stale_deployment`), so a process starting beside a live one
+does not fail the jobs that one is running.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
+from collections.abc import Sequence
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from cloud.fleet._base import (
@@ -19,6 +29,33 @@ from cloud.fleet.records import Deployment, DeploymentState, DeviceOutcome, Page
 from cloud.fleet.schema import DeploymentDeviceRow, DeploymentRow
 from shared.errors import ConfigError, NotFoundError
 from shared.identifiers import IdentifierKind, check_identifier
+
+#: The states of a deployment whose job has not ended.
+_OPEN = (DeploymentState.PENDING.value, DeploymentState.RUNNING.value)
+
+
+def _record(row: DeploymentRow, outcomes: Sequence[DeploymentDeviceRow]) -> Deployment:
+    """The record of a row, with its runner and heartbeat (0007)."""
+    return dataclasses.replace(
+        _deployment(row, outcomes), runner=row.runner, heartbeat_at=row.heartbeat_at
+    )
+
+
+def _stale(cutoff: float) -> ColumnElement[bool]:
+    """Open, and its runner has not beaten since ``cutoff``: a heartbeat older than that,
+    or none at all while ``running`` (a row from before 0007) or ``pending`` since before
+    it (created, never handed to a job: the process died in between)."""
+    d = DeploymentRow
+    return and_(
+        d.state.in_(_OPEN),
+        or_(
+            d.heartbeat_at < cutoff,
+            and_(
+                d.heartbeat_at.is_(None),
+                or_(d.state == DeploymentState.RUNNING.value, d.created_at < cutoff),
+            ),
+        ),
+    )
 
 
 class DeploymentsMixin(StoreBase):
@@ -47,7 +84,7 @@ class DeploymentsMixin(StoreBase):
             session.flush()
             session.add_all(outcomes)
             session.flush()
-            return _deployment(row, outcomes)
+            return _record(row, outcomes)
 
     @staticmethod
     def _outcomes(
@@ -80,8 +117,11 @@ class DeploymentsMixin(StoreBase):
         finished_at: float | None = None,
         error: str | None = None,
         bytes_sent: int | None = None,
+        runner: str | None = None,
+        heartbeat_at: float | None = None,
     ) -> Deployment:
-        """Progress of a deployment (outcomes replace those of the same devices)."""
+        """Progress of a deployment (outcomes replace those of the same devices); ``runner``
+        and ``heartbeat_at`` say which process runs the job and when it last did."""
         new_state = None if state is None else _enum_arg(DeploymentState, state, "deployment state")
         with self._tx() as session:
             row = self._deployment_row(session, deployment_id)
@@ -91,8 +131,16 @@ class DeploymentsMixin(StoreBase):
                 row.finished_at = float(finished_at)
             if error is not None:
                 row.error = error[:2000]
+            elif new_state is DeploymentState.SUCCEEDED:
+                # A success has no error: not even an "interrupted" one that a sweep wrote
+                # while this job's heartbeat had stalled (the job's own end wins).
+                row.error = None
             if bytes_sent is not None:
                 row.bytes_sent = int(bytes_sent)
+            if runner is not None:
+                row.runner = runner[:200]
+            if heartbeat_at is not None:
+                row.heartbeat_at = float(heartbeat_at)
             for o in outcomes or []:
                 check_identifier(o.device_id, IdentifierKind.DEVICE)
                 session.merge(
@@ -107,13 +155,13 @@ class DeploymentsMixin(StoreBase):
                     )
                 )
             session.flush()
-            return _deployment(row, self._outcomes(session, [row.deployment_id])[row.deployment_id])
+            return _record(row, self._outcomes(session, [row.deployment_id])[row.deployment_id])
 
     def get_deployment(self, deployment_id: str) -> Deployment:
         """One deployment with its per-device outcomes."""
         with self._tx() as session:
             row = self._deployment_row(session, deployment_id)
-            return _deployment(row, self._outcomes(session, [row.deployment_id])[row.deployment_id])
+            return _record(row, self._outcomes(session, [row.deployment_id])[row.deployment_id])
 
     def list_deployments(self, *, cursor: str | None = None, limit: int = 50) -> Page[Deployment]:
         """Newest first (by ``created_at``, then id; cursor: see the module docstring)."""
@@ -131,7 +179,54 @@ class DeploymentsMixin(StoreBase):
             more = len(rows) > size
             rows = rows[:size]
             outcomes = self._outcomes(session, [r.deployment_id for r in rows])
-            items = [_deployment(r, outcomes[r.deployment_id]) for r in rows]
+            items = [_record(r, outcomes[r.deployment_id]) for r in rows]
         last = rows[-1] if rows else None
         next_cursor = _encode_cursor(last.created_at, last.deployment_id) if more and last else None
         return Page(items=items, next_cursor=next_cursor)
+
+    def touch_deployments(self, deployment_ids: Sequence[str], *, runner: str, now: float) -> int:
+        """Refresh the heartbeat of ``runner``'s open deployments among ``deployment_ids``,
+        in one ``UPDATE``; returns how many rows it touched. A deployment that has ended, or
+        that another runner holds, is left as it is."""
+        ids = [i for i in deployment_ids if isinstance(i, str)]
+        if not ids:
+            return 0
+        d = DeploymentRow
+        query = (
+            update(d)
+            .where(d.deployment_id.in_(ids), d.runner == runner, d.state.in_(_OPEN))
+            .values(heartbeat_at=float(now))
+            .execution_options(synchronize_session=False)
+        )
+        with self._tx() as session:
+            result = session.execute(query)
+            return max(getattr(result, "rowcount", 0), 0)
+
+    def stale_deployments(self, *, cutoff: float) -> list[Deployment]:
+        """Open deployments whose runner has not beaten since ``cutoff`` (Unix seconds):
+        a heartbeat older than that, or none while ``running`` or ``pending`` since before
+        ``cutoff``; oldest first."""
+        d = DeploymentRow
+        query = select(d).where(_stale(cutoff)).order_by(d.created_at, d.deployment_id)
+        with self._tx() as session:
+            rows = list(session.scalars(query))
+            outcomes = self._outcomes(session, [r.deployment_id for r in rows])
+            return [_record(r, outcomes[r.deployment_id]) for r in rows]
+
+    def fail_stale_deployment(
+        self, deployment_id: str, *, cutoff: float, now: float, error: str
+    ) -> bool:
+        """Mark a deployment ``failed`` with ``error`` if it is still stale (see
+        :meth:`stale_deployments`); False if it is not: it ended, or its runner beat since
+        it was read (a conditional ``UPDATE``, so two sweeping processes, or a sweep and a
+        heartbeat, cannot both win)."""
+        d = DeploymentRow
+        query = (
+            update(d)
+            .where(d.deployment_id == deployment_id, _stale(cutoff))
+            .values(state=DeploymentState.FAILED.value, finished_at=float(now), error=error[:2000])
+            .execution_options(synchronize_session=False)
+        )
+        with self._tx() as session:
+            result = session.execute(query)
+            return bool(getattr(result, "rowcount", 0))

@@ -43,7 +43,7 @@ VARIANT_TABLES = {"variant_measurements"} | {
     "rollout_policies",
     "shadow_reports",
 }
-HEAD = "0006"
+HEAD = "0007"
 #: The enrollment-record columns 0004 adds to ``devices`` (no private key among them).
 CREDENTIAL_COLUMNS = {
     "box_public",
@@ -77,8 +77,13 @@ def _diff(engine: Engine) -> list[Any]:
         return list(compare_metadata(ctx, Base.metadata))
 
 
-#: Columns 0005 adds to existing tables: the variant chosen per deployment device.
-VARIANT_COLUMNS = {("deployment_devices", "variant")}
+#: Columns 0005 and later add to existing tables: the variant chosen per deployment device;
+#: a deployment's runner and heartbeat (0007, tests/cloud/test_migration_0007.py).
+VARIANT_COLUMNS = {
+    ("deployment_devices", "variant"),
+    ("deployments", "runner"),
+    ("deployments", "heartbeat_at"),
+}
 
 
 def _diff_before_0005(engine: Engine) -> list[Any]:
@@ -96,6 +101,7 @@ def test_one_linear_history() -> None:
     script = ScriptDirectory.from_config(alembic_config())
     assert script.get_heads() == [HEAD]
     assert [r.revision for r in script.walk_revisions()] == [
+        "0007",
         "0006",
         "0005",
         "0004",
