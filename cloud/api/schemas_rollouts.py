@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloud.api.schemas_base import _Out
+from cloud.api.schemas_base import VersionRefField, _Out
 from cloud.rollout.policy import RolloutPolicy, TargetSpec
 from cloud.rollout.records import Phase, Rollout, RolloutEvent, RolloutState
 
@@ -41,7 +41,7 @@ class RolloutIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    version: str = Field(min_length=1, max_length=200, description="MODEL@N or MODEL@latest.")
+    version: VersionRefField
     policy: RolloutPolicy | None = None
     policy_name: str | None = Field(
         default=None, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cloud.api.schemas_base import _Out
+from cloud.api.schemas_base import VersionRefField, _Out
 from cloud.federation import defaults
 from cloud.fleet.records import DeploymentState, FederationRunState
 from shared.identifiers import IdentifierField
@@ -56,12 +56,7 @@ class DeploymentIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    version: str = Field(
-        min_length=1,
-        max_length=200,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(@([0-9]{1,9}|latest))?$",
-        description="MODEL@N (or MODEL / MODEL@latest for the newest version).",
-    )
+    version: VersionRefField
     devices: list[IdentifierField] | None = Field(default=None, min_length=1, max_length=1000)
     group: IdentifierField | None = None
 

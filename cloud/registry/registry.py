@@ -32,6 +32,7 @@ from cloud.registry.schema import (
 )
 from cloud.registry.store import ArtifactStore
 from shared.errors import NotDeployableError, NotFoundError, ProtocolError, RegistryError
+from shared.identifiers import IDENTIFIER_PATTERN, IDENTIFIER_RE
 from shared.numbers import parse_ascii_uint
 from shared.precision import precision_rank
 
@@ -105,11 +106,26 @@ class VersionInfo:
         raise NotFoundError(f"{self.ref} has no {fmt} artifact at precision {precision}")
 
 
+VERSION_REF_PATTERN = rf"^{IDENTIFIER_PATTERN}(@([0-9]{{1,9}}|latest))?$"
+"""A version reference, ``MODEL``, ``MODEL@N`` or ``MODEL@latest`` with ``MODEL`` an
+identifier (the grammar of every id on the wire): the API schemas validate with it and
+:func:`parse_ref` enforces the same model-name grammar for every other caller."""
+
+
 def parse_ref(ref: str) -> tuple[str, int | None]:
-    """``name@3`` → ``("name", 3)``; ``name`` or ``name@latest`` → ``("name", None)``."""
+    """``name@3`` → ``("name", 3)``; ``name`` or ``name@latest`` → ``("name", None)``.
+
+    Raises:
+        NotFoundError: ``ref`` is not MODEL, MODEL@N or MODEL@latest with MODEL an
+            identifier — nothing else can name a version, and nothing else reaches the
+            database (PostgreSQL refuses a NUL in a text parameter, for one).
+    """
     name, sep, number = ref.partition("@")
-    if not name:
-        raise NotFoundError(f"bad version reference {ref!r}: expected MODEL or MODEL@N")
+    if IDENTIFIER_RE.fullmatch(name) is None:
+        raise NotFoundError(
+            f"bad version reference {ref[:80]!r}: expected MODEL or MODEL@N, MODEL an "
+            "identifier (letters, digits, '.', '_', '-')"
+        )
     if not sep or number == "latest":
         return name, None
     try:

@@ -98,7 +98,9 @@ def test_version_without_tflite_is_not_deployable(registry: Registry) -> None:
         registry.deployable_artifact(v.ref)
 
 
-@pytest.mark.parametrize("ref", ["nope", "nope@1", "m@9", "m@x", "@1"])
+@pytest.mark.parametrize(
+    "ref", ["nope", "nope@1", "m@9", "m@x", "@1", "m\x00@1", "m\x00", "a b@1", "m/..@1"]
+)
 def test_unknown_references(registry: Registry, ref: str) -> None:
     registry.create_version("m", spec=SPEC, source=VersionSource.TRAINED, artifacts=[_torch()])
     with pytest.raises(NotFoundError):

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from cloud.rollout.engine import RolloutEngine
 from tests.cloud.api.conftest import Api
 from tests.cloud.rollout_fakes import Clock, Device, FakeFleet
@@ -104,6 +106,24 @@ def test_roles_and_refusals(api: Api) -> None:
     missing = api.client.get("/v1/rollouts/nope", headers=api.auth("viewer"))
     assert missing.status_code == 404 and missing.json()["code"] == "not_found"
     assert api.store.list_rollouts().items == []  # nothing was created by a refusal
+
+
+@pytest.mark.parametrize(
+    "version", ["cnn\x00@1", "cnn@1\x00", "c n n@1", "cnn@-1", "cnn@1@2", "../cnn@1", "@1"]
+)
+def test_a_version_outside_the_grammar_is_a_client_error(api: Api, version: str) -> None:
+    """One version-reference grammar for every request that names a version: anything
+    else is a 422 before it reaches the database (PostgreSQL refuses a NUL: that was a
+    500), and nothing is created."""
+    _enroll(api, 1)
+    for path, body in (
+        ("/v1/rollouts", {"version": version, "policy": POLICY}),
+        ("/v1/deployments", {"version": version, "devices": ["dev-0"]}),
+    ):
+        r = api.client.post(path, json=body, headers=api.auth("operator"))
+        assert r.status_code == 422, (path, r.text)
+        assert r.headers["content-type"].startswith("application/problem+json")
+    assert api.store.list_rollouts().items == []
 
 
 def test_named_policy_then_rollout_under_it(api: Api) -> None:
