@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -241,7 +243,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
+        code = getattr(exc, "code", None) or _HTTP_CODES.get(
+            exc.status_code, f"http_{exc.status_code}"
+        )
         detail = exc.detail if isinstance(exc.detail, str) else _title(exc.status_code)
         return problem_response(
             exc.status_code, code, detail, _instance(request), headers=exc.headers
@@ -293,6 +297,12 @@ class _BodyTooLarge(StarletteHTTPException):
         super().__init__(413, f"request body over {limit} bytes")
 
 
+class _NulInBody(StarletteHTTPException):
+    def __init__(self) -> None:
+        super().__init__(422, "a NUL character (\\u0000) is not allowed in a request body")
+        self.code = "invalid_characters"  # the problem code, as for the URL
+
+
 def _is_json(content_type: str) -> bool:
     media = content_type.split(";", 1)[0].strip().lower()
     return media == "application/json" or (
@@ -300,11 +310,26 @@ def _is_json(content_type: str) -> bool:
     )
 
 
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
+"""C0 controls and DEL: no path segment or query value of the API has a use for them, and
+a NUL would reach PostgreSQL, which refuses it in a text parameter (a 500)."""
+
+_JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+"""``\u0000`` in a JSON text, unless its backslash is itself escaped (``\\u0000``)."""
+
+
+def _has_control(raw: bytes) -> bool:
+    """Whether the percent-decoded ``raw`` (a path or a query string) holds a control."""
+    return _CONTROL.search(unquote_to_bytes(raw.replace(b"+", b" "))) is not None
+
+
 class BodyLimitMiddleware:
-    """Bounds request bodies (413), requires JSON bodies (415), counts requests (metrics).
+    """Bounds request bodies (413), requires JSON bodies (415), refuses control characters
+    in the URL and NULs in JSON bodies (422), counts requests (metrics).
 
     A declared ``Content-Length`` over the limit is refused before anything is read; a
-    chunked body is counted as it is read and refused once it passes the limit.
+    chunked body is counted as it is read and refused once it passes the limit. One check
+    here, for every route, stands between any text a client sends and the database.
     """
 
     def __init__(self, app: ASGIApp, *, max_body_bytes: int = MAX_BODY_BYTES) -> None:
@@ -336,6 +361,14 @@ class BodyLimitMiddleware:
     def _refuse(self, scope: Scope) -> JSONResponse | None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         instance = scope.get("path", "")
+        raw_path = scope.get("raw_path") or instance.encode("utf-8", "surrogateescape")
+        if _has_control(raw_path) or _has_control(scope.get("query_string", b"")):
+            return problem_response(
+                422,
+                "invalid_characters",
+                "control characters (such as NUL) are not allowed in the path or query",
+                instance.encode("unicode_escape").decode("ascii")[:200],
+            )
         length_header = headers.get("content-length")
         length = 0
         if length_header is not None:
@@ -364,13 +397,25 @@ class BodyLimitMiddleware:
         seen = 0
         limit = self.limit
 
+        tail = b""  # the end of the previous chunk: an escape may straddle two chunks
+
         async def wrapped() -> Message:
-            nonlocal seen
+            nonlocal seen, tail
             message = await receive()
             if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
+                chunk = message.get("body", b"")
+                seen += len(chunk)
                 if seen > limit:
                     raise _BodyTooLarge(limit)
+                window = tail + chunk
+                if _JSON_NUL.search(window):
+                    raise _NulInBody()
+                # Keep what an escape split here needs: the last 5 bytes, the run of
+                # backslashes before them (its parity decides) and one byte before that.
+                cut = max(0, len(window) - 5)
+                while cut > 0 and window[cut - 1] == 0x5C:  # a backslash
+                    cut -= 1
+                tail = window[max(0, cut - 1) :]
             return message
 
         return wrapped
