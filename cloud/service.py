@@ -322,6 +322,7 @@ def serve(
     broker: tuple[str, int] | None = None,
     retention_s: float = DEFAULT_RETENTION_S,
     lease_poll_s: float = 1.0,
+    deployment_stale_s: float = DEFAULT_STALE_S,
 ) -> int:
     """Run the coordinator service until SIGTERM or Ctrl-C; returns the exit status.
 
@@ -332,7 +333,11 @@ def serve(
     stop.install()  # before uvicorn: it re-raises the signal it caught once it has stopped
     try:
         service = build_service(
-            settings, broker=broker, retention_s=retention_s, lease_poll_s=lease_poll_s
+            settings,
+            broker=broker,
+            retention_s=retention_s,
+            lease_poll_s=lease_poll_s,
+            deployment_stale_s=deployment_stale_s,
         )
         db = service.resources.registry.engine.dialect.name
         bhost, bport = service.broker

@@ -44,6 +44,17 @@ def serve_cmd(
             "of a standby to take the leader lease (the bound on a takeover).",
         ),
     ] = 1.0,
+    deployment_stale: Annotated[
+        float,
+        typer.Option(
+            "--deployment-stale",
+            envvar="FEDGE_DEPLOYMENT_STALE_S",
+            min=10.0,
+            max=3600.0,
+            help="Seconds without a heartbeat (every 5 s) after which a deployment job "
+            "another serve process was running counts as orphaned and is marked failed.",
+        ),
+    ] = 15.0,
 ) -> None:
     """Run the coordinator: control API, device ingestion and telemetry retention."""
     with cli_errors():
@@ -63,6 +74,7 @@ def serve_cmd(
             broker=address,
             retention_s=retention_days * 86400.0,
             lease_poll_s=lease_poll,
+            deployment_stale_s=deployment_stale,
         )
     if status:
         raise typer.Exit(status)

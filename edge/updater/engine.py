@@ -43,7 +43,7 @@ from pathlib import Path
 
 from edge.updater.commands import CommandSteps
 from edge.updater.downloads import DownloadStore
-from edge.updater.fsutil import remove_temporaries, remove_tree
+from edge.updater.fsutil import remove_temporaries, remove_tree, temporary_of
 from edge.updater.install import Activate, Download
 from edge.updater.install import reason_code as _code
 from edge.updater.manifests import ManifestSteps
@@ -199,6 +199,8 @@ class Updater(CommandSteps, ManifestSteps):
         self._download = None
         remove_tree(self._trial_dir)  # U1: a trial never outlives its timing
         remove_temporaries(self._downloads.root)
+        for own in (self._store.path, self._timing_store.path):  # a save cut short (F1)
+            temporary_of(own).unlink(missing_ok=True)
         for artifact_id, envelope in self._downloads.pending():
             try:
                 self._start_download(envelope, resumed=True)

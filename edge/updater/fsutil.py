@@ -19,6 +19,7 @@ __all__ = [
     "fsync_dir",
     "remove_temporaries",
     "remove_tree",
+    "temporary_of",
     "write_atomic",
     "write_verified_cache",
 ]
@@ -26,6 +27,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 TMP_SUFFIX = ".tmp"
+
+
+def temporary_of(path: Path) -> Path:
+    """The temporary :func:`write_atomic` writes ``path``'s new bytes to (``.<name>.tmp``)."""
+    return path.with_name(f".{path.name}{TMP_SUFFIX}")
 
 
 def fsync_dir(directory: Path) -> None:
@@ -54,7 +60,7 @@ def _write_file(path: Path, data: bytes, *, flush: bool) -> None:
 def write_atomic(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` atomically and durably (rule F1), mode 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}{TMP_SUFFIX}")
+    tmp = temporary_of(path)
     _write_file(tmp, data, flush=True)
     os.replace(tmp, path)
     fsync_dir(path.parent)

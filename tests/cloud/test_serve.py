@@ -147,3 +147,31 @@ def test_cloud_serve_refuses_a_malformed_broker_address(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert b"error (config_error): --broker must be host:port" in result.stderr
+
+
+def test_serve_takes_the_deployment_staleness_from_the_option_or_env_and_bounds_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--deployment-stale`` / ``FEDGE_DEPLOYMENT_STALE_S`` reach the service; a bound
+    under two heartbeats (it would fail live jobs) is a usage error."""
+    from typer.testing import CliRunner
+
+    import cloud.service
+    from simulations.cli import app
+
+    seen: dict[str, object] = {}
+
+    def fake_serve(_settings: object, _host: str, _port: int, **kw: object) -> int:
+        seen.update(kw)
+        return 0
+
+    monkeypatch.setattr(cloud.service, "serve", fake_serve)
+    monkeypatch.setenv("FEDGE_HOME", str(tmp_path))
+    runner = CliRunner()
+    assert runner.invoke(app, ["cloud", "serve", "--deployment-stale", "40"]).exit_code == 0
+    assert seen["deployment_stale_s"] == 40.0
+    monkeypatch.setenv("FEDGE_DEPLOYMENT_STALE_S", "25")
+    assert runner.invoke(app, ["cloud", "serve"]).exit_code == 0
+    assert seen["deployment_stale_s"] == 25.0
+    refused = runner.invoke(app, ["cloud", "serve", "--deployment-stale", "5"])
+    assert refused.exit_code == 2 and "--deployment-stale" in refused.output

@@ -93,6 +93,23 @@ def test_second_version_goes_to_the_other_slot(device: Device, v2: Release) -> N
     assert device.serving.current == ("2", V2)
 
 
+def test_a_save_cut_short_leaves_no_temporary_after_a_restart(device: Device) -> None:
+    """A crash between writing ``.state.json.tmp`` (or the timings') and the rename leaves
+    the old file in force and the temporary behind: the restart removes it (F1), and
+    touches nothing else in the state directory."""
+    before = snapshot(device.state_dir)
+    stray = [device.state_dir / ".state.json.tmp", device.state_dir / ".variants.json.tmp"]
+    for path in stray:
+        path.write_bytes(b'{"half": ')
+    keep = device.state_dir / ".other.tmp"  # not the updater's: left alone
+    keep.write_bytes(b"x")
+    device.restart()
+    assert not any(path.exists() for path in stray)
+    assert keep.exists()
+    keep.unlink()
+    assert snapshot(device.state_dir) == before
+
+
 def test_retained_manifest_of_installed_version_is_up_to_date(device: Device, v1: Release) -> None:
     before, loads = snapshot(device.state_dir), device.serving.loads
     device.updater.handle_manifest(manifest_payload(device.fleet, v1))
