@@ -148,6 +148,15 @@ def _wait_baseline(field: Field, devices: list[str]) -> None:
     wait_for("baseline telemetry", enough, timeout=120)
 
 
+#: For the tests of a candidate that must get through: on this shared 2-core machine, with
+#: coordinators killed and devices installing, a good candidate's p95 over ~30 requests has
+#: measured up to 3.8x its "before" (CI, this stop). The latency gate itself is tested with
+#: the slow candidate (~10x) against the default factor 3.
+TOLERANT_FIELD_GATE: dict[str, Any] = {
+    "field": {**_policy()["gates"]["field"], "max_latency_factor": 20.0}
+}
+
+
 def _create(field: Field, port: int, version: str, **policy: Any) -> dict[str, Any]:
     body = {"version": version, "policy": _policy(**policy)}
     return dict(field.api("POST", "/v1/rollouts", port, json=body))
@@ -175,7 +184,7 @@ def test_good_candidate_survives_coordinator_kills_and_reaches_everyone(
         port = field.start_coordinator()
         field.start_load()
         _wait_baseline(field, field.devices)
-        rollout = _create(field, port, "cnn@2")
+        rollout = _create(field, port, "cnn@2", gates=TOLERANT_FIELD_GATE)
         rid = rollout["rollout_id"]
         canary = [d["device_id"] for d in rollout["devices"] if d["cohort"] == 0]
         away = next(d for d in field.devices if d not in canary)
@@ -205,7 +214,7 @@ def test_good_candidate_survives_coordinator_kills_and_reaches_everyone(
         assert states == {d: ("skipped" if d == away else "committed") for d in field.devices}
         online = [d for d in field.devices if d != away]
         for d in online:
-            assert field.serving(d) == "2"
+            wait_for(f"{d} serving v2", lambda d=d: field.serving(d) == "2")
         # nothing sent twice: one v2 manifest per device that committed, whatever the kills
         sent = field.manifests_sent(2)
         assert all(sent[d] == 1 for d in online), sent
@@ -271,7 +280,7 @@ def test_disagreeing_candidate_fails_shadow_gate_before_any_install(
         assert set(field.manifests_sent(2, "shadow")) == set(canary)
         assert not field.manifests_sent(2)  # no install manifest ever went out
         for d in field.devices:
-            assert field.serving(d) == "1"
+            wait_for(f"{d} serving v1", lambda d=d: field.serving(d) == "1")
         # the canary dropped the candidate: recorded, counted, and gone from its status
         assert {d["state"] for d in done["devices"] if d["device_id"] in canary} == {"dropped"}
         [rolled] = [e["detail"] for e in field.events(port, rid) if e["kind"] == "rolled_back"]
@@ -309,8 +318,8 @@ def test_probation_failures_in_the_canary_cross_the_failure_threshold(
         assert set(field.manifests_sent(4)) <= canary  # nobody outside the canary
         states = {d["device_id"]: d["state"] for d in done["devices"]}
         assert {states[d] for d in canary} == {"failed"}
-        for d in field.devices:
-            assert field.serving(d) == "1"  # the previous model still serves everywhere
+        for d in field.devices:  # the previous model still serves everywhere
+            wait_for(f"{d} serving v1", lambda d=d: field.serving(d) == "1")
 
 
 def test_standby_takes_over_when_the_leader_is_killed(
@@ -332,7 +341,8 @@ def test_standby_takes_over_when_the_leader_is_killed(
         standby = second if leader == first else first
         field.start_load()
         _wait_baseline(field, field.devices)
-        rid = _create(field, standby, "cnn@2")["rollout_id"]  # either process takes requests
+        # either process takes requests
+        rid = _create(field, standby, "cnn@2", gates=TOLERANT_FIELD_GATE)["rollout_id"]
         wait_for("canary bake", lambda: field.rollout(standby, rid)["phase"] == "bake")
         field.kill_coordinator(leader)
         wait_for(
@@ -344,5 +354,5 @@ def test_standby_takes_over_when_the_leader_is_killed(
         assert done["state"] == "completed", field.events(standby, rid)
         assert done["counts"] == {"committed": 3}
         for d in field.devices:
-            assert field.serving(d) == "2"
+            wait_for(f"{d} serving v2", lambda d=d: field.serving(d) == "2")
         assert all(n == 1 for n in field.manifests_sent(2).values())
