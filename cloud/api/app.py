@@ -28,12 +28,12 @@ from starlette.concurrency import run_in_threadpool
 from cloud.api.deps import HealthCheck, Resources
 from cloud.api.errors import (
     MAX_BODY_BYTES,
-    BodyLimitMiddleware,
     install_error_handlers,
     problem_media_types,
 )
 from cloud.api.federation_jobs import FederationJobs
 from cloud.api.jobs import DeploymentJobs
+from cloud.api.middleware import BodyLimitMiddleware
 from cloud.api.routes import deployments, devices, federation, health, models, telemetry, tokens
 from cloud.api.routes import rollouts as rollout_routes
 from cloud.api.routes.dashboard import include_dashboard

@@ -4,20 +4,16 @@ Per cohort (``docs`` in :mod:`cloud.rollout.policy`): ``start`` (manual approval
 here) → ``shadow`` (purpose=shadow manifests, batch by batch) → ``shadow_bake`` (the shadow
 gate) → ``install`` (purpose=install, batch by batch; the install gate after each batch) →
 ``bake`` (the field gate) → the next cohort, or ``completed``. A failed gate moves to
-``rollback``: the retained manifests of every device it sent withdrawn, signed
-``drop_candidate`` commands to that cohort's devices holding the candidate in shadow,
-signed rollback commands to its committed devices, then ``aborted``; later cohorts are
-never touched. Every gate decision goes to the timeline with its evidence.
+``rollback``: manifests withdrawn, ``drop_candidate`` to the cohort's devices holding the
+candidate in shadow, rollback commands to its committed ones, then ``aborted``; later
+cohorts are never touched. Every gate decision goes to the timeline with its evidence.
 
 Each :meth:`RolloutEngine.step` reads the rollout from the store, does one transition and
 writes it back, so a coordinator killed anywhere resumes from the last write. Steps are
-idempotent: a device is marked ``sent`` before its manifest goes out, and a resumed
-install re-sends only to devices that have no outcome yet — the publisher itself answers
-``committed`` without sending anything to a device that already serves the target (its
-rule Q1), and devices recorded ``committed`` are never sent again. In a rollback, the drops'
-answers are recorded before any rollback command goes out, so a resumed rollback asks only
-the devices still recorded as holding the candidate (one that dropped it already answers
-``no_candidate``, which counts as dropped).
+idempotent: a device is marked ``sent`` before its manifest goes out; a resumed install
+re-sends only to devices with no outcome yet (the publisher answers ``committed`` for a
+device that already serves the target, rule Q1); drops are recorded before any rollback
+command goes out, and a device that dropped already answers ``no_candidate`` (dropped).
 
 Time comes from ``clock``; devices are reached through a :class:`RolloutLink`, so unit
 tests run the engine with a fake link and a fake clock.
@@ -355,15 +351,12 @@ class RolloutEngine:
         committed = [d.device_id for d in devices if d.state == P.COMMITTED]
         holding = [d.device_id for d in devices if d.state in _HOLDING]
         try:
-            # Withdrawn first: a retained shadow manifest would make a device that
-            # reconnects hold the candidate again after it dropped it.
-            self.link.withdraw(sent)
+            self.link.withdraw(sent)  # first: a retained shadow manifest would re-hold it
             if holding:
                 drops = self.link.drop_candidate(
                     rollout.version_ref, holding, timeout_s=self.rollback_timeout_s
                 )
-                # Recorded before the rollback commands: a coordinator killed during those
-                # does not ask these devices again.
+                # Recorded before the rollbacks: a restart does not ask these devices again.
                 self.store.set_device_progress(
                     rollout.rollout_id,
                     {d: (_ANSWER.get(a.answer, P.DROP_FAILED), a.reason) for d, a in drops.items()},
@@ -388,7 +381,13 @@ class RolloutEngine:
                 "scope": scope,
                 "withdrawn": len(sent),
                 "rollback": outcome,
-                "drop_candidate": self._drops(rollout, {d.device_id for d in devices}),
+                # From the store, not this step's answers: a resumed rollback counts each
+                # device once, and drops of an earlier rollback phase are not counted again.
+                "drop_candidate": self.store.get_rollout(rollout.rollout_id).counts_since(
+                    rollout.phase_started_at,
+                    (P.DROPPED, P.DROP_FAILED),
+                    {d.device_id for d in devices},
+                ),
             },
         )
         now = self.clock()
@@ -399,18 +398,3 @@ class RolloutEngine:
         final = RolloutState.ROLLED_BACK if scope == "all" else RolloutState.ABORTED
         self._set(rollout, state=final, phase=Phase.DONE, finished_at=now)
         del policy  # the scope, not the policy, decides what is rolled back
-
-    def _drops(self, rollout: Rollout, scope: set[str]) -> dict[str, int]:
-        """Drop answers recorded during this rollback phase, by state, from the store.
-
-        Counted from what is stored, not from this step's answers: a rollback resumed
-        after a crash between recording the drops and this event counts each device once
-        (it is not asked again), and devices dropped by an earlier rollback of the same
-        rollout are not counted again (their progress is older than this phase).
-        """
-        counts: dict[str, int] = {}
-        for d in self.store.get_rollout(rollout.rollout_id).devices:
-            fresh = d.updated_at >= rollout.phase_started_at
-            if d.device_id in scope and fresh and d.state in (P.DROPPED, P.DROP_FAILED):
-                counts[d.state] = counts.get(d.state, 0) + 1
-        return counts

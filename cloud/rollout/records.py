@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -128,6 +129,16 @@ class Rollout:
         out: dict[str, int] = {}
         for d in self.devices:
             out[d.state] = out.get(d.state, 0) + 1
+        return out
+
+    def counts_since(
+        self, since: float, states: Collection[str], devices: Collection[str]
+    ) -> dict[str, int]:
+        """Of ``devices``, how many reached each of ``states`` at or after ``since``."""
+        out: dict[str, int] = {}
+        for d in self.devices:
+            if d.device_id in devices and d.state in states and d.updated_at >= since:
+                out[d.state] = out.get(d.state, 0) + 1
         return out
 
 

@@ -14,7 +14,8 @@ import pytest
 from fastapi import Body, FastAPI
 from fastapi.testclient import TestClient
 
-from cloud.api.errors import BodyLimitMiddleware, install_error_handlers
+from cloud.api.errors import install_error_handlers
+from cloud.api.middleware import BodyLimitMiddleware
 from tests.cloud.api.conftest import Api
 
 
